@@ -1,0 +1,167 @@
+"""The `posthog-export` command line: sync, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sources.posthog import ENDPOINTS, resolve_api_key
+from sources.posthog.client import REGION_HOSTS, normalize_host
+
+from .output import echo, print_table
+from .runner import SyncOptions, UsageError, run_sync
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_OUTPUT = "posthog_export.duckdb"
+DEFAULT_PARQUET_OUTPUT = "posthog_export_parquet"
+DEMO_OUTPUT = "posthog_demo.duckdb"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        echo(f"error: {message} (see --help)", err=True)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _resources(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ENDPOINTS]
+    if unknown or not names:
+        shown = ", ".join(unknown) or repr(value)
+        raise argparse.ArgumentTypeError(f"unknown resource {shown}; choose from {', '.join(ENDPOINTS)}")
+    return names
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `posthog-export`."""
+    parser = _Parser(prog="posthog-export", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sync = commands.add_parser("sync", help="sync PostHog projects into a destination")
+    sync.add_argument("--project-id", action="append", dest="project_ids", metavar="ID",
+                      help="PostHog project id (repeatable; default: sources.posthog.project_ids)")
+    sync.add_argument("--host", help=f"PostHog host: us, eu or a URL (default {REGION_HOSTS['us']})")
+    sync.add_argument("--resources", type=_resources, help=f"comma-separated: {', '.join(ENDPOINTS)}")
+    sync.add_argument("--destination", default="duckdb",
+                      help="duckdb (default), parquet, or any dlt destination name")
+    sync.add_argument("--output", help=f"DuckDB file or Parquet folder (default {DEFAULT_OUTPUT})")
+    sync.add_argument("--dataset", default="posthog", help="dataset (schema) name (default posthog)")
+    sync.add_argument("--full-refresh", action="store_true", help="rebuild the selected tables from scratch")
+    sync.add_argument("--lookback-days", type=_positive, help="re-read window before the cursor (default 1)")
+    sync.add_argument("--schema-contract", choices=["freeze", "evolve"], default="freeze",
+                      help="freeze: new PostHog fields are reported, not loaded (default); evolve: add them")
+    sync.add_argument("--pipeline-name", default="posthog", help="dlt pipeline name (default posthog)")
+    sync.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    demo = commands.add_parser("demo", help="sync the built-in fake PostHog into a local DuckDB file")
+    demo.add_argument("--output", default=DEMO_OUTPUT, help=f"DuckDB file (default {DEMO_OUTPUT})")
+    demo.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "httpcore", "dlt", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # declared `json` columns arrive as Arrow strings on purpose; dlt warns about that on every page
+    logging.getLogger("dlt").addFilter(lambda record: "when merging arrow schema" not in record.getMessage())
+
+
+def _config(key: str) -> object:
+    import dlt
+
+    return dlt.config.get(f"sources.posthog.{key}")
+
+
+def sync_options(args: argparse.Namespace) -> SyncOptions:
+    """Resolve flags and dlt config into the options of one sync (flags win over config)."""
+    raw_ids = args.project_ids or _config("project_ids") or _config("project_id") or []
+    if isinstance(raw_ids, str | int):
+        raw_ids = [raw_ids]
+    ids: list[int] = []
+    for raw in raw_ids:
+        for part in str(raw).split(","):
+            if not part.strip().isdigit():
+                raise UsageError(f"--project-id must be a number, got {part.strip()!r}")
+            ids.append(int(part))
+    if not ids:
+        raise UsageError("no project id: pass --project-id ID or set sources.posthog.project_ids")
+    key = resolve_api_key()
+    if not key:
+        raise UsageError(
+            "no PostHog personal API key: set POSTHOG_PERSONAL_API_KEY (or "
+            "sources.posthog.personal_api_key in .dlt/secrets.toml); create one under "
+            "Settings → Personal API keys"
+        )
+    host = normalize_host(str(args.host or _config("host") or REGION_HOSTS["us"]))
+    output = args.output or (DEFAULT_PARQUET_OUTPUT if args.destination == "parquet" else DEFAULT_OUTPUT)
+    lookback = args.lookback_days if args.lookback_days is not None else _config("lookback_days")
+    return SyncOptions(
+        project_ids=ids,
+        api_key=key,
+        host=host,
+        resources=args.resources or list(ENDPOINTS),
+        destination=args.destination,
+        output=output,
+        dataset=args.dataset,
+        full_refresh=args.full_refresh,
+        lookback_days=float(lookback) if lookback is not None else 1.0,
+        evolve=args.schema_contract == "evolve",
+        pipeline_name=args.pipeline_name,
+    )
+
+
+def _sync(args: argparse.Namespace) -> int:
+    options = sync_options(args)
+    result = run_sync(options)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return EXIT_OK if run_demo(Path(args.output)) else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `posthog-export`; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help and usage errors
+        return int(exit_.code or 0)
+    _setup_logging(args.verbose)
+    try:
+        if args.command == "sync":
+            return _sync(args)
+        return _demo(args)
+    except UsageError as error:
+        echo(f"error: {error}", err=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        echo("interrupted: nothing of the unfinished resource was committed; rerun to continue", err=True)
+        return EXIT_FAILED
+    except Exception as error:  # noqa: BLE001 - the one place that turns errors into one line
+        if args.verbose:
+            raise
+        echo(f"error: {type(error).__name__}: {error} (rerun with --verbose for details)", err=True)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["main", "build_parser", "print_table"]

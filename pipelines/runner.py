@@ -1,0 +1,224 @@
+"""Run a sync: one dlt pipeline, one load per resource, Parquet compaction, the run summary."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dlt
+import httpx
+from dlt.pipeline.exceptions import PipelineStepFailed
+
+from sources.posthog import ENDPOINTS, PostHogClient, SyncReport, posthog_source
+from sources.posthog.arrow import SchemaViolation, dlt_columns
+from sources.posthog.client import AuthError, PostHogError, ProjectNotFound
+from sources.posthog.endpoints import ColumnType as TColumnType
+from sources.posthog.sync import child_table, parent_column
+
+from .output import echo, print_table
+from .parquet import compact_table
+
+logger = logging.getLogger("posthog_export")
+
+
+class UsageError(Exception):
+    """Bad input from the user: exit code 2."""
+
+
+@dataclass
+class SyncOptions:
+    """Everything one sync needs, resolved from flags and config."""
+
+    project_ids: list[int]
+    api_key: str
+    host: str
+    resources: list[str]
+    destination: str = "duckdb"
+    output: str = "posthog_export.duckdb"
+    dataset: str = "posthog"
+    full_refresh: bool = False
+    lookback_days: float = 1.0
+    evolve: bool = False
+    pipeline_name: str = "posthog"
+    pipelines_dir: str | None = None
+    initial_date_from: str = "2020-01-01T00:00:00Z"
+    page_sizes: dict[str, int] = field(default_factory=dict)
+    max_attempts: int = 6
+    backoff_s: float = 1.0
+    quiet: bool = False
+
+
+@dataclass
+class SyncResult:
+    """What a sync did: its report, failed resources and the pipeline (for tests and `status`)."""
+
+    report: SyncReport
+    failures: dict[str, str]
+    pipeline: Any
+
+    @property
+    def ok(self) -> bool:
+        """True when every resource finished (skips are warnings, not failures)."""
+        return not self.failures
+
+
+def _destination(options: SyncOptions) -> tuple[Any, str | None]:
+    if options.destination == "duckdb":
+        path = Path(options.output)
+        if path.stem == options.dataset:
+            # dlt on DuckDB 2.0: a catalog named like the dataset makes every query ambiguous
+            raise UsageError(
+                f"the DuckDB file name {path.name!r} equals the dataset name {options.dataset!r}, which "
+                "DuckDB cannot tell apart: choose another --output or --dataset"
+            )
+        if path.parent != Path() and not path.parent.exists():
+            raise UsageError(f"the folder of --output {options.output!r} does not exist")
+        return dlt.destinations.duckdb(str(path.resolve())), "parquet"
+    if options.destination in ("parquet", "filesystem"):
+        url = options.output if "://" in options.output else Path(options.output).resolve().as_uri()
+        return dlt.destinations.filesystem(bucket_url=url), "parquet"
+    return options.destination, None
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The innermost error of ours (or the deepest one) behind dlt's wrappers."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    deepest = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, PostHogError | SchemaViolation):
+            return current
+        deepest = current
+        current = getattr(current, "exception", None) or current.__cause__ or current.__context__
+    return deepest
+
+
+def _compact(options: SyncOptions, resource: str) -> None:
+    if options.destination not in ("parquet", "filesystem") or "://" in options.output:
+        return
+    endpoint = ENDPOINTS[resource]
+    root = Path(options.output) / options.dataset
+    key = () if endpoint.replace_per_project else endpoint.key
+    compact_table(root / endpoint.name, key, ("project_id",) if endpoint.replace_per_project else ())
+    parent = parent_column(endpoint)
+    for name in endpoint.children:
+        compact_table(
+            root / child_table(endpoint, name), ("project_id", parent, "position"), ("project_id", parent)
+        )
+
+
+def make_client(options: SyncOptions, transport: httpx.BaseTransport | None = None) -> PostHogClient:
+    """The run's one PostHog client, shared by every resource and project."""
+    return PostHogClient(
+        options.host, options.api_key, max_attempts=options.max_attempts, backoff_s=options.backoff_s,
+        transport=transport,
+    )
+
+
+def run_sync(options: SyncOptions, *, transport: httpx.BaseTransport | None = None) -> SyncResult:
+    """Sync the selected resources of every project, one dlt load per resource.
+
+    A resource that fails leaves nothing half-loaded and its state unchanged; the others still run.
+    A rejected key or an unknown project stops the run at once.
+    """
+    destination, file_format = _destination(options)
+    report = SyncReport()
+    client = make_client(options, transport)
+    pipeline = dlt.pipeline(
+        options.pipeline_name,
+        destination=destination,
+        dataset_name=options.dataset,
+        pipelines_dir=options.pipelines_dir,
+    )
+    failures: dict[str, str] = {}
+    try:
+        for resource in options.resources:
+            source = posthog_source(
+                project_ids=options.project_ids,
+                host=options.host,
+                resources=[resource],
+                lookback_days=options.lookback_days,
+                initial_date_from=options.initial_date_from,
+                evolve_schema=options.evolve,
+                page_sizes=options.page_sizes,
+                client=client,
+                report=report,
+            )
+            try:
+                pipeline.run(
+                    source,
+                    loader_file_format=file_format,  # type: ignore[arg-type]
+                    refresh="drop_resources" if options.full_refresh else None,
+                )
+            except PipelineStepFailed as error:
+                cause = _cause(error)
+                if isinstance(cause, AuthError | ProjectNotFound):
+                    raise cause from error
+                failures[resource] = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+                for project_id in options.project_ids:
+                    run = report.run(project_id, resource)
+                    run.status, run.reason, run.rows_loaded = "failed", failures[resource], 0
+                logger.error("%s failed: %s", resource, failures[resource])
+                continue
+            _compact(options, resource)
+        _load_report(pipeline, report, file_format)
+    finally:
+        client.close()
+    if not options.quiet:
+        print_summary(report, failures, options)
+    return SyncResult(report=report, failures=failures, pipeline=pipeline)
+
+
+REPORT_COLUMNS: dict[str, TColumnType] = {
+    "run_started_at": "timestamp",
+    "project_id": "bigint",
+    "resource": "text",
+    "requests": "bigint",
+    "throttled": "bigint",
+    "retries": "bigint",
+    "rows_fetched": "bigint",
+    "rows_loaded": "bigint",
+    "api_count": "bigint",
+    "duration_s": "double",
+    "status": "text",
+    "reason": "text",
+}
+
+
+def _load_report(pipeline: Any, report: SyncReport, file_format: str | None) -> None:
+    """Append this run's counters to the `_sync_report` table."""
+    rows = report.rows()
+    if rows:
+        table = dlt.resource(
+            rows, name="_sync_report", write_disposition="append", columns=dlt_columns(REPORT_COLUMNS)
+        )
+        pipeline.run(table, loader_file_format=file_format)
+
+
+def print_summary(report: SyncReport, failures: dict[str, str], options: SyncOptions) -> None:
+    """Print per project and resource what was fetched and loaded, then skips, drift and failures."""
+    rows = [
+        (r.project_id, r.resource, r.rows_fetched, r.rows_loaded, r.requests, r.throttled, r.retries,
+         round(r.duration_s, 1), r.status)
+        for r in report.runs.values()
+    ]
+    print_table(
+        ["project", "resource", "fetched", "loaded", "requests", "429s", "retries", "seconds", "status"], rows
+    )
+    for r in report.runs.values():
+        if r.status == "skipped":
+            echo(f"warning: {r.resource} skipped for project {r.project_id}: {r.reason}", err=True)
+    for table, names in sorted(report.drift.items()):
+        for name in sorted(names):
+            if options.evolve:
+                echo(f"PostHog added field {name} to {table}; loaded as a new column")
+            else:
+                echo(
+                    f"PostHog added field {name} to {table}; not loaded; use `--schema-contract evolve` "
+                    "to add it"
+                )
+    for resource, message in failures.items():
+        echo(f"error: {resource} failed: {message}", err=True)

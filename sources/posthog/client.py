@@ -1,0 +1,235 @@
+"""The one PostHog HTTP client: authentication, retries and both paging shapes."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import orjson
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+logger = logging.getLogger("posthog_export")
+
+REGION_HOSTS = {"us": "https://us.posthog.com", "eu": "https://eu.posthog.com"}
+# PostHog sends the wait only in the 429 body, never as Retry-After (shared/posthog-api.md §4).
+_WAIT_RE = re.compile(r"available in (\d+) second", re.IGNORECASE)
+
+
+class PostHogError(Exception):
+    """A PostHog request failed for good; the message is one line meant for the user."""
+
+
+class AuthError(PostHogError):
+    """401: the key is wrong, or belongs to another region."""
+
+
+class ResourceUnavailable(PostHogError):
+    """402/403/404 on a list endpoint: this resource cannot be read here; others may still work."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ProjectNotFound(PostHogError):
+    """404 "Project not found.": the project id does not exist or the key cannot see it."""
+
+
+class PagingError(PostHogError):
+    """The server's paging signals contradict each other; stopping beats looping or losing rows."""
+
+
+class TransientError(Exception):
+    """A failure worth retrying (429, 5xx, connection trouble, a broken body)."""
+
+    def __init__(self, message: str, wait_s: float | None = None) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s
+
+
+@dataclass
+class ClientStats:
+    """What the client did, for the run summary."""
+
+    requests: int = 0
+    throttled: int = 0
+    retries: int = 0
+    waited_s: float = 0.0
+    by_path: dict[str, int] = field(default_factory=dict)
+
+
+def normalize_host(host: str) -> str:
+    """Expand the `us`/`eu` shortcuts and strip a trailing slash."""
+    return REGION_HOSTS.get(host.strip().lower(), host.strip()).rstrip("/")
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return response.text[:200].strip()
+    if isinstance(body, dict):
+        return str(body.get("detail") or body.get("error") or body)
+    return str(body)[:200]
+
+
+class PostHogClient:
+    """Reads PostHog's API with one configured httpx client.
+
+    Args:
+        host: PostHog base URL (`us`/`eu` shortcuts allowed).
+        api_key: a personal API key (`phx_…`).
+        max_attempts: attempts per request before a transient failure becomes an error.
+        max_wait_s: longest single wait on a 429 before giving up.
+        transport: an httpx transport, for tests.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        api_key: str,
+        *,
+        max_attempts: int = 6,
+        max_wait_s: float = 900.0,
+        backoff_s: float = 1.0,
+        timeout_s: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.host = normalize_host(host)
+        self.max_wait_s = max_wait_s
+        self.stats = ClientStats()
+        # recordings queries may run 60 s server-side (§6): the read timeout must exceed that
+        self._http = httpx.Client(
+            base_url=self.host,
+            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout_s, connect=15.0),
+            transport=transport,
+            follow_redirects=True,
+        )
+        self._retrying = Retrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(max_attempts),
+            wait=self._wait,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        self._backoff = wait_exponential_jitter(multiplier=backoff_s, max=60.0, jitter=backoff_s)
+
+    def close(self) -> None:
+        """Close the underlying connections."""
+        self._http.close()
+
+    def _wait(self, retry_state: RetryCallState) -> float:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(error, TransientError) and error.wait_s is not None:
+            return error.wait_s
+        return self._backoff(retry_state)
+
+    def _before_sleep(self, retry_state: RetryCallState) -> None:
+        self.stats.retries += 1
+        wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        self.stats.waited_s += wait
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        logger.warning("%s; retrying in %.0f s", error, wait)
+
+    def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """GET a path under the host and return the decoded JSON body, retrying transient failures."""
+        return self._retrying(self._get_once, path, dict(params or {}))
+
+    def _get_once(self, path: str, params: dict[str, Any]) -> Any:
+        self.stats.requests += 1
+        self.stats.by_path[path] = self.stats.by_path.get(path, 0) + 1
+        try:
+            response = self._http.get(path, params=params)
+        except (httpx.TransportError, httpx.DecodingError) as error:
+            raise TransientError(f"GET {path}: {type(error).__name__}: {error}") from error
+        status = response.status_code
+        if status == 200:
+            try:
+                return orjson.loads(response.content)
+            except orjson.JSONDecodeError as error:
+                raise TransientError(f"GET {path}: invalid JSON in the response") from error
+        detail = _detail(response)
+        if status == 429:
+            self.stats.throttled += 1
+            match = _WAIT_RE.search(detail)
+            header = response.headers.get("Retry-After", "")
+            wait = float(match.group(1)) if match else float(header) if header.isdigit() else None
+            if wait is not None and wait > self.max_wait_s:
+                raise PostHogError(
+                    f"GET {path}: rate limited for {wait:.0f} s, more than the allowed "
+                    f"{self.max_wait_s:.0f} s wait; rerun later to continue"
+                )
+            # +1 s: PostHog rounds the wait, and coming back a moment early costs another 429
+            raise TransientError(f"GET {path}: 429 {detail}", None if wait is None else wait + 1)
+        if status >= 500:
+            raise TransientError(f"GET {path}: HTTP {status} {detail[:120]}")
+        if status == 401:
+            raise AuthError(
+                f"PostHog rejected the personal API key for {self.host} (401: {detail}). Keys are per "
+                "region: check the key and that --host matches it (us, eu or your self-hosted URL)."
+            )
+        if status == 404 and "project not found" in detail.lower():
+            project = path.split("/")[3] if path.count("/") > 3 else "?"
+            raise ProjectNotFound(
+                f"project {project} not found on {self.host}: check --project-id and the host/region"
+            )
+        if status in (402, 403, 404):
+            raise ResourceUnavailable(f"GET {path}: HTTP {status} {detail}", status)
+        raise PostHogError(f"GET {path}: HTTP {status} {detail}")
+
+    def pages(
+        self, path: str, params: Mapping[str, Any], paging: str
+    ) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
+        """Yield (rows, body) for every page of a list, ending only on the API's own end signal.
+
+        `has_next` lists (recordings, §7.1) page by offset or, where the server offers it, by the
+        keyset cursor; DRF lists follow `next`. A short page never ends paging.
+        """
+        params = dict(params)
+        pages_read: set[frozenset[tuple[str, str]]] = set()
+        while True:
+            pages_read.add(_page_id(params))
+            body = self.get(path, params)
+            if not isinstance(body, dict) or not isinstance(body.get("results"), list):
+                raise PagingError(f"GET {path}: the response has no `results` list")
+            rows: list[dict[str, Any]] = body["results"]
+            yield rows, body
+            if paging == "has_next":
+                if not body.get("has_next"):
+                    return
+                if body.get("next_cursor"):
+                    params["after"] = body["next_cursor"]
+                    params.pop("offset", None)
+                else:
+                    params["offset"] = int(params.get("offset", 0)) + len(rows)
+                if not rows:
+                    raise PagingError(f"GET {path}: an empty page says it has a next page")
+                continue
+            next_url = body.get("next")
+            if not next_url:
+                return
+            # keep our own host and path: `next` may name an internal host behind a proxy
+            following: dict[str, Any] = dict(parse_qsl(urlsplit(next_url).query))
+            if _page_id(following) in pages_read:
+                # a `next` pointing back at a page already read: continue by offset instead
+                if not rows:
+                    return
+                following = {**params, "offset": int(params.get("offset", 0)) + len(rows)}
+            params = following
+
+
+def _page_id(params: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
+    """A page's identity: its query parameters, with the default offset made explicit."""
+    return frozenset({"offset": "0", **{k: str(v) for k, v in params.items()}}.items())

@@ -1,0 +1,263 @@
+"""The endpoint table: one entry per exported PostHog list endpoint.
+
+Everything the generic sync code needs to know about an endpoint lives here as data: its path, paging
+shape, fixed query parameters, how it syncs incrementally, its primary key, its declared columns and the
+lists inside its rows that become child tables. API facts are in `shared/posthog-api.md`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+# Declared column types use dlt's data type names; `json` columns hold nested objects as JSON.
+ColumnType = Literal["text", "bigint", "double", "bool", "timestamp", "json"]
+Paging = Literal["has_next", "drf"]
+# date_from: the server filters on the cursor; watermark: we scan newest-first until below the cursor;
+# full: every run reads the whole list.
+SyncMode = Literal["date_from", "watermark", "full"]
+
+USER: ColumnType = "json"  # PostHog's nested user objects (created_by, updated_by, ...)
+
+
+@dataclass(frozen=True)
+class Child:
+    """A list inside a row that lands as its own child table, one row per element.
+
+    Rows are keyed by (project_id, <parent>_id, position): list elements have no ids of their own
+    (desktop transcript segments, §7.3), so the position is their identity. Each sync replaces all
+    child rows of every parent it loads.
+    """
+
+    columns: Mapping[str, ColumnType]
+    scalar: str | None = None  # set for lists of plain values: the column the value lands in
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How one PostHog list endpoint is read and where it lands."""
+
+    name: str
+    path: str
+    paging: Paging
+    sync: SyncMode
+    primary_key: tuple[str, ...]
+    columns: Mapping[str, ColumnType]
+    scope: str
+    params: Mapping[str, str] = field(default_factory=dict)
+    cursor: str | None = None
+    page_size: int = 100
+    detail: bool = False  # list rows are minimal: fetch `<path>/<id>/` for the full record
+    children: Mapping[str, Child] = field(default_factory=dict)
+    # each run lists the endpoint once per parameter set (soft-deleted rows need their own listing)
+    scans: tuple[Mapping[str, str], ...] = ({},)
+    # the run's rows for a project replace all that project's rows (objects deleted upstream disappear)
+    replace_per_project: bool = False
+    final_statuses: tuple[str, ...] = ()
+    # scan parameters the rows do not echo back, stored as columns (property type, §7.5)
+    scan_tags: tuple[str, ...] = ()
+    # rows crossing the date_from edge come back partial and must not replace complete ones (§7.1)
+    partial_at_edge: bool = False
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """The table's primary key: every key starts with project_id."""
+        return ("project_id", *self.primary_key)
+
+
+RECORDINGS = Endpoint(
+    name="session_recordings",
+    path="session_recordings",
+    paging="has_next",
+    sync="date_from",
+    scope="session_recording:read",
+    primary_key=("id",),
+    cursor="start_time",
+    page_size=1000,
+    partial_at_edge=True,
+    # JSON-decoded by the server (§7.1): send ISO dates with Z and no unknown params.
+    params={"order": "start_time", "order_direction": "ASC"},
+    columns={
+        "id": "text",
+        "distinct_id": "text",
+        "viewed": "bool",
+        "viewers": "json",
+        "recording_duration": "double",
+        "active_seconds": "double",
+        "inactive_seconds": "double",
+        "start_time": "timestamp",
+        "end_time": "timestamp",
+        "click_count": "bigint",
+        "keypress_count": "bigint",
+        "mouse_activity_count": "bigint",
+        "console_log_count": "bigint",
+        "console_warn_count": "bigint",
+        "console_error_count": "bigint",
+        "start_url": "text",
+        "person": "json",
+        "retention_period_days": "bigint",
+        "expiry_time": "timestamp",
+        "recording_ttl": "bigint",
+        "snapshot_source": "text",
+        "snapshot_library": "text",
+        "storage": "text",
+        "ongoing": "bool",
+        "activity_score": "double",
+        "has_summary": "bool",
+        "summary_outcome": "json",
+        "external_references": "json",
+        "matches_filters": "bool",
+    },
+)
+
+SUMMARIES = Endpoint(
+    name="session_group_summaries",
+    path="session_group_summaries",
+    paging="drf",
+    sync="date_from",
+    scope="session_recording:read",
+    primary_key=("id",),
+    cursor="created_at",
+    detail=True,
+    columns={
+        "id": "text",
+        "title": "text",
+        "name": "text",
+        "session_count": "bigint",
+        "session_ids": "json",
+        "summary": "json",
+        "extra_summary_context": "json",
+        "run_metadata": "json",
+        "created_at": "timestamp",
+        "created_by": USER,
+        "team": "bigint",
+    },
+)
+
+DESKTOP = Endpoint(
+    name="desktop_recordings",
+    path="desktop_recordings",
+    paging="drf",
+    sync="watermark",
+    scope="desktop_recording:read",
+    primary_key=("id",),
+    cursor="started_at",
+    final_statuses=("ready", "error"),
+    columns={
+        "id": "text",
+        "team": "bigint",
+        "created_by": "json",
+        "sdk_upload_id": "text",
+        "recall_recording_id": "text",
+        "platform": "text",
+        "meeting_title": "text",
+        "meeting_url": "text",
+        "duration_seconds": "double",
+        "status": "text",
+        "notes": "text",
+        "error_message": "text",
+        "video_url": "text",
+        "video_size_bytes": "bigint",
+        "transcript_text": "text",
+        "summary": "text",
+        "tasks_generated_at": "timestamp",
+        "summary_generated_at": "timestamp",
+        "started_at": "timestamp",
+        "completed_at": "timestamp",
+        "created_at": "timestamp",
+        "updated_at": "timestamp",
+    },
+    children={
+        "transcript_segments": Child(
+            {
+                "timestamp": "double",
+                "speaker": "text",
+                "text": "text",
+                "confidence": "double",
+                "is_final": "bool",
+            }
+        ),
+        "participants": Child({"participant": "text"}, scalar="participant"),
+        "extracted_tasks": Child({"title": "text", "description": "text", "assignee": "text"}),
+    },
+)
+
+SUBSCRIPTIONS = Endpoint(
+    name="subscriptions",
+    path="subscriptions",
+    paging="drf",
+    sync="full",
+    scope="subscription:read",
+    primary_key=("id",),
+    # soft-deleted rows are hidden unless asked for, and `deleted=true` returns only them (§7.4)
+    scans=({}, {"deleted": "true"}),
+    columns={
+        "id": "bigint",
+        "dashboard": "bigint",
+        "insight": "bigint",
+        "insight_short_id": "text",
+        "resource_name": "text",
+        "target_type": "text",
+        "target_value": "text",
+        "frequency": "text",
+        "interval": "bigint",
+        "byweekday": "json",
+        "bysetpos": "bigint",
+        "count": "bigint",
+        "start_date": "timestamp",
+        "until_date": "timestamp",
+        "created_at": "timestamp",
+        "created_by": USER,
+        "deleted": "bool",
+        "title": "text",
+        "summary": "text",
+        "next_delivery_date": "timestamp",
+        "invite_message": "text",
+        "integration_id": "bigint",
+        "dashboard_export_insights": "json",
+    },
+)
+
+PROPERTY_DEFINITIONS = Endpoint(
+    name="property_definitions",
+    path="property_definitions",
+    paging="drf",
+    sync="full",
+    scope="property_definition:read",
+    # `type`/`group_type_index` are not in the rows: we tag them (§7.5). The index is null unless
+    # type is group, so it cannot be in a dlt key: rows are unique per (tags, id) within a run, and a
+    # run's rows replace the project's rows.
+    primary_key=("id",),
+    scan_tags=("type", "group_type_index"),
+    replace_per_project=True,
+    scans=(
+        {"type": "event"},
+        {"type": "person"},
+        {"type": "session"},
+        {"type": "group"},  # expanded to one scan per group type index of the project
+    ),
+    columns={
+        "id": "text",
+        "type": "text",
+        "group_type_index": "bigint",
+        "name": "text",
+        "description": "text",
+        "tags": "json",
+        "is_numerical": "bool",
+        "property_type": "text",
+        "is_seen_on_filtered_events": "bool",
+        "is_optimized": "bool",
+        "virtual": "bool",
+        "hidden": "bool",
+        "verified": "bool",
+        "verified_at": "timestamp",
+        "verified_by": USER,
+        "updated_at": "timestamp",
+        "updated_by": USER,
+    },
+)
+
+ENDPOINTS: dict[str, Endpoint] = {
+    e.name: e for e in (RECORDINGS, SUMMARIES, DESKTOP, SUBSCRIPTIONS, PROPERTY_DEFINITIONS)
+}

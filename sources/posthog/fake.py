@@ -1,0 +1,1009 @@
+"""Stateful, deterministic fake of the PostHog API endpoints the exporter reads (stdlib + orjson only).
+
+Behaviour follows the real server (see the project's PostHog API notes): DRF paging, the recordings
+list's own paging with partial rows at a window edge, virtual property definitions, soft-deleted
+subscriptions and the real error bodies. Rows are generated on demand from their index, so a
+million recordings cost no memory up front.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import bisect
+import contextlib
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import orjson
+
+__all__ = ["UTC", "FakePostHog", "FakeRequest", "main"]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+US = 1_000_000
+M64 = (1 << 64) - 1
+PART_S = 900  # a recording is stored as 15-minute parts; date_from filters parts, not sessions
+MAX_DUR = 4 * 3600
+_STREAM_ROWS = 4000  # recordings pages larger than this are streamed in chunks of half that
+RESOURCES = ("session_recordings", "session_group_summaries", "desktop_recordings", "subscriptions",
+             "property_definitions")
+SCOPES = {"session_recordings": "session_recording:read", "session_group_summaries": "session_recording:read",
+          "desktop_recordings": "desktop_recording:read", "subscriptions": "subscription:read",
+          "property_definitions": "property_definition:read"}
+_ENV_ROUTES = {"session_recordings", "desktop_recordings", "subscriptions"}
+_REC_PARAMS = {"date_from", "date_to", "limit", "offset", "order", "order_direction", "after", "session_ids"}
+_REC_ORDERS = {"start_time", "end_time", "duration", "active_seconds", "inactive_seconds", "click_count",
+               "keypress_count", "mouse_activity_count", "console_log_count", "console_warn_count",
+               "console_error_count", "activity_score", "recording_ttl"}
+_REL = re.compile(r"-?(\d+)([hdwmy])")
+_REL_S = {"h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}
+_OID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-([0-9a-f]{12})")
+_URLS = ("https://shop.example.com/", "https://shop.example.com/cart", "https://shop.example.com/checkout",
+         "https://app.example.com/dashboard", "https://app.example.com/settings", "https://docs.example.com/")
+_WORDS = ("we", "should", "ship", "the", "new", "billing", "page", "before", "friday", "and", "check",
+          "replay", "numbers", "with", "design", "team", "next", "sprint", "customer", "asked", "about",
+          "export", "latency", "roadmap", "okay", "agreed", "let's", "review", "metrics", "tomorrow",
+          "blocker", "onboarding")
+_PEOPLE = ("Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace")
+_PLATFORMS = ("zoom", "teams", "meet", "desktop_audio", "slack")
+_GROUP_NAMES = ("organization", "company", "instance", "project", "team")
+_PROPS = {
+    "event": ("$browser", "$browser_version", "$current_url", "$device_type", "$host", "$lib", "$os",
+              "$pathname", "$referrer", "$referring_domain", "$screen_height", "$screen_width", "plan",
+              "revenue"),
+    "person": ("$initial_browser", "$initial_os", "company", "email", "name", "plan", "signup_date"),
+    "session": ("$channel_type", "$end_current_url", "$entry_current_url", "$entry_pathname", "$is_bounce",
+                "$pageview_count", "$session_duration"),
+    "group": ("created_at", "employees", "industry", "mrr", "name", "plan"),
+}
+_VIRTUAL = {"person": ("$virt_initial_channel_type", "$virt_initial_referring_domain_type", "$virt_revenue"),
+            "group": ("$virt_mrr", "$virt_revenue", "$virt_revenue_last_30_days")}
+_DAYS: dict[int, str] = {}
+_HM = [f"{m // 60:02d}:{m % 60:02d}:" for m in range(1440)]
+_SS = [f"{x:02d}" for x in range(60)]
+# shared, never-mutated values: rows only leave the fake as JSON, and fewer allocations mean fewer GC passes
+_NONE: list[Any] = []
+_OUTCOMES = [{"description": "User completed checkout after retrying payment.", "success": ok}
+             for ok in (True, False)]
+
+
+def _mix(x: int) -> int:
+    x = (x * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+def _hh(*xs: int) -> int:
+    x = 0
+    for v in xs:
+        x = _mix(x ^ (v & M64))
+    return x
+
+
+def _uuid(h: int) -> str:
+    x = f"{h:016x}{_mix(h):016x}"
+    return f"{x[:8]}-{x[8:12]}-4{x[13:16]}-{'89ab'[h & 3]}{x[17:20]}-{x[20:]}"
+
+
+def _oid(kind: int, p: int, idx: int, h: int) -> str:
+    # uuid-shaped, but encodes (kind, project, index) so detail lookups need no table
+    x = f"{h:016x}"
+    return f"{x[:8]}-{p & 0xFFFF:04x}-7{x[8:11]}-{8 + kind:x}{(p >> 16) & 0xFFF:03x}-{idx:012x}"
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _iso_day(sec: int) -> str:
+    d = sec // 86400
+    day = _DAYS.get(d)
+    if day is None:
+        day = _DAYS[d] = (EPOCH + timedelta(days=d)).strftime("%Y-%m-%dT")
+    return day
+
+
+def _iso(sec: int, us: int = 0) -> str:
+    d, r = divmod(sec, 86400)
+    m, r = divmod(r, 60)
+    return (_DAYS.get(d) or _iso_day(sec)) + _HM[m] + _SS[r] + (f".{us:06d}Z" if us else "Z")
+
+
+def _iso_us(us: int) -> str:
+    return _iso(*divmod(us, US))
+
+
+def _to_us(dt: datetime) -> int:
+    return ((dt if dt.tzinfo else dt.replace(tzinfo=UTC)) - EPOCH) // timedelta(microseconds=1)
+
+
+def _parse_when(v: object, now_us: int) -> int | None:
+    """A date param as epoch microseconds: ISO (naive = UTC) or relative like ``-3d``; None for ``all``."""
+    if not isinstance(v, str):
+        raise ValueError(f"invalid date {v!r}")
+    m = _REL.fullmatch(v)
+    if m:
+        return now_us - int(m[1]) * _REL_S[m[2]] * US
+    return None if v == "all" else _to_us(datetime.fromisoformat(v))
+
+
+def _duration(h: int) -> int:
+    """True length of a recording: mostly under an hour, ~10% between 1 h and 4 h."""
+    v = (h >> 16) & 0xFFFF
+    return 3600 + v * 10800 // 65536 if h & 0xFFFF < 6554 else 30 + v * v * 3570 // 4294967296
+
+
+def _n_before(a: int, step: int, t_of: Callable[[int], int], now: int) -> int:
+    """How many k >= 0 have t_of(k) < now, given a + k*step <= t_of(k) < a + (k+1)*step."""
+    k0 = max(0, (now - a) // step)
+    return k0 + 1 if t_of(k0) < now else k0
+
+
+def _err(type_: str, code: str, detail: str, attr: str | None = None) -> dict[str, Any]:
+    return {"type": type_, "code": code, "detail": detail, "attr": attr}
+
+
+def _invalid(detail: str, attr: str | None) -> tuple[int, Any]:
+    return 400, _err("validation_error", "invalid_input", detail, attr)
+
+
+def _pydantic(attr: str, kind: str, msg: str, value: object) -> tuple[int, Any]:
+    return _invalid(orjson.dumps([{"type": kind, "loc": [attr], "msg": msg, "input": value}]).decode(), attr)
+
+
+def _pos_int(v: str | None, default: int, strict: bool = False) -> int:
+    try:
+        n = int(v) if v is not None else default
+    except ValueError:
+        return default
+    return default if n < 0 or (strict and n == 0) else n
+
+
+def _error_body(status: int, resource: str | None = None, wait_s: int = 1, listing: bool = False
+                ) -> tuple[bytes, str]:
+    """The body PostHog (or its edge) sends for an error status: (bytes, content type)."""
+    if status == 429:
+        text = "Rate limit exceeded" if resource == "session_recordings" else "Request was throttled"
+        body: Any = _err("throttled_error", "throttled", f"{text}. Expected available in {wait_s} seconds.")
+    elif status == 401:
+        body = _err("authentication_error", "authentication_failed",
+                    "Personal API key found in request Authorization header is invalid.")
+    elif status == 402:
+        feature = (resource or "this feature").replace("_", " ").capitalize()
+        body = _err("server_error", "payment_required", f"{feature} is part of the premium PostHog offering. "
+                    "Self-hosted licenses are no longer available for purchase. Please contact "
+                    "sales@posthog.com to discuss options.")
+    elif status == 403:
+        body = _err("authentication_error", "permission_denied",
+                    f"API key missing required scope '{SCOPES.get(resource or '', '')}'")
+    elif status == 404:
+        body = _err("invalid_request", "not_found", "Not found.")
+    elif status == 400:
+        body = _err("validation_error", "invalid_input", "Invalid input.")
+    elif status in (502, 504):  # the edge answers these with HTML, not JSON
+        return f"<html><head><title>{status}</title></head><body><h1>{status}</h1></body></html>".encode(), \
+            "text/html"
+    elif status == 503:
+        body = _err("server_error", "service_unavailable", "Database is unavailable. Please try again later.")
+    elif status == 500 and resource == "session_recordings" and listing:
+        body = {"error": "An internal server error occurred. Please try again later."}
+    else:
+        body = _err("server_error", "error", "A server error occurred.")
+    return orjson.dumps(body), "application/json"
+
+
+@dataclass
+class FakeRequest:
+    """One request the fake answered (the Authorization header itself is never stored)."""
+
+    method: str
+    path: str
+    params: dict[str, str]
+    status: int
+    authorized: bool
+
+
+@dataclass
+class _Stream:
+    """A big recordings page, sent in chunks so the client reads while the rest is generated."""
+
+    take: Callable[[int, int], list[dict[str, Any]]]
+    lo: int
+    hi: int
+    desc: bool
+    tail: dict[str, Any]
+
+    def chunks(self, lock: threading.RLock) -> Iterator[bytes]:
+        spans = [(x, min(x + _STREAM_ROWS // 2, self.hi)) for x in range(self.lo, self.hi, _STREAM_ROWS // 2)]
+        yield b'{"results":['
+        for n, (a, b) in enumerate(reversed(spans) if self.desc else spans):
+            with lock:
+                rows = self.take(a, b)
+            if self.desc:
+                rows.reverse()
+            yield (b"," if n else b"") + orjson.dumps(rows)[1:-1]
+        yield b"]," + orjson.dumps(self.tail)[1:]
+
+
+@dataclass
+class _Injection:
+    path_contains: str
+    status: int
+    times: int
+    body: bytes | None
+    wait_s: int
+
+
+class FakePostHog:
+    """A deterministic, thread-safe PostHog API fake with a movable clock; ``serve()`` starts HTTP."""
+
+    def __init__(self, *, project_ids: Sequence[int] = (1, 2), recordings: int = 120,
+                 desktop_recordings: int = 12, segments: int = 8, summaries: int = 25, subscriptions: int = 9,
+                 property_definitions: int = 30, group_types: int = 2, seed: int = 0,
+                 now: datetime | None = None, api_key: str = "phx_fake_personal_key",
+                 recording_step_s: int = 600, keyset: bool = False, latency_s: float = 0.0,
+                 retention_days: int = 365) -> None:
+        self._lock = threading.RLock()
+        self._now_us = _to_us(now or datetime.now(UTC).replace(microsecond=0))
+        self.requests: list[FakeRequest] = []
+        self.project_ids = [int(p) for p in project_ids]
+        self.api_key, self.seed, self.keyset, self.latency_s = api_key, seed, keyset, latency_s
+        self.group_types, self.segments = min(group_types, len(_GROUP_NAMES)), segments
+        self.retention_days, self._retention_s = retention_days, retention_days * 86400
+        t0 = self._now_us // US
+        # every kind of object has a creation schedule base + k*step (+ jitter < step) that keeps
+        # producing new objects as the clock advances; `count` of them exist at construction time
+        self._step = max(1, recording_step_s)
+        self._rbase = t0 - recordings * self._step
+        span = max(recordings * self._step, 86400)
+        self._sstep = max(1, span // max(1, summaries))
+        self._sbase_us = (t0 - summaries * self._sstep) * US
+        self._dstep = max(60, min(span // max(1, desktop_recordings), 1800))
+        self._dbase = t0 - desktop_recordings * self._dstep
+        self._salt = {p: _hh(seed, 1, p) for p in self.project_ids}
+        self._rid = {p: (f"-{p & 0xFFFF:04x}-7", f"-8{(p >> 16) & 0xFFF:03x}-") for p in self.project_ids}
+        self._npersons = max(3, min(1000, recordings // 3))
+        self._persons: dict[tuple[int, int], dict[str, Any]] = {}
+        self._edges: dict[tuple[Any, ...], tuple[int, int, list[tuple[int, int]]]] = {}
+        self._extra: dict[str, dict[str, object]] = {r: {} for r in RESOURCES}
+        self._disabled: dict[tuple[int, str], int] = {}
+        self._injections: list[_Injection] = []
+        self._org = _uuid(_hh(seed, 9))
+        self._users = [{"id": k + 1, "uuid": _uuid(_hh(seed, 10, k)), "distinct_id": _uuid(_hh(seed, 11, k)),
+                        "first_name": n, "last_name": "Example", "email": f"{n.lower()}@example.com",
+                        "is_email_verified": True, "hedgehog_config": None,
+                        "role_at_organization": "engineering"}
+                       for k, n in enumerate(_PEOPLE[:5])]
+        self._viewers = [[u["email"]] for u in self._users]
+        self._next_sub_id = 1
+        self._subs: dict[int, list[dict[str, Any]]] = {p: [] for p in self.project_ids}
+        sub_step = max(60, span // max(1, subscriptions))
+        for p in self.project_ids:
+            for j in range(subscriptions):
+                created = (t0 - (subscriptions - j) * sub_step) * US + _hh(seed, 12, p, j) % US
+                self._new_sub(p, created, deleted=j % 3 == 2)
+        self._defs = {p: self._make_defs(p, property_definitions) for p in self.project_ids}
+
+    # -- clock and mutations ---------------------------------------------------------------------
+
+    @property
+    def now(self) -> datetime:
+        """The fake's clock (UTC)."""
+        return EPOCH + timedelta(microseconds=self._now_us)
+
+    @now.setter
+    def now(self, value: datetime) -> None:
+        with self._lock:
+            self._now_us = _to_us(value)
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock: new objects appear, ongoing recordings and desktop transcripts grow."""
+        with self._lock:
+            self._now_us += round(seconds * US)
+
+    def soft_delete_subscription(self, project_id: int, subscription_id: int) -> None:
+        """Set ``deleted=true`` on a subscription (hidden from the default listing from now on)."""
+        with self._lock:
+            self._sub(project_id, subscription_id)["deleted"] = True
+
+    def add_subscription(self, project_id: int) -> int:
+        """Create a subscription at the current clock time and return its id."""
+        with self._lock:
+            return self._new_sub(project_id, self._now_us, deleted=False)["id"]
+
+    def remove_property_definition(self, project_id: int, type: str, name: str,
+                                   group_type_index: int | None = None) -> None:
+        """Delete one property definition (KeyError if it does not exist)."""
+        with self._lock:
+            rows = self._defs[project_id][(type, group_type_index if type == "group" else None)]
+            for row in rows:
+                if row["name"] == name:
+                    rows.remove(row)
+                    return
+            raise KeyError(name)
+
+    def add_field(self, resource: str, field: str, value: object) -> None:
+        """Schema drift: every row of ``resource`` (list and detail) gains ``field=value``."""
+        with self._lock:
+            self._extra[_check(resource)][field] = value
+
+    def set_field(self, resource: str, field: str, value: object) -> None:
+        """Override the value of an existing field in every row of ``resource``."""
+        self.add_field(resource, field, value)
+
+    def disable(self, project_id: int, resource: str, status: int) -> None:
+        """Make that resource (list and detail) answer ``status`` (402, 403, 404, ...) for that project."""
+        with self._lock:
+            self._disabled[(project_id, _check(resource))] = status
+
+    def inject(self, path_contains: str, status: int, *, times: int = 1, body: bytes | None = None,
+               wait_s: int = 1) -> None:
+        """Answer the next ``times`` requests whose URL contains ``path_contains`` with ``status``."""
+        with self._lock:
+            self._injections.append(_Injection(path_contains, status, times, body, wait_s))
+
+    def truth(self, project_id: int, resource: str) -> list[dict[str, Any]]:
+        """Every current object of ``resource``, complete, as its detail endpoint returns it."""
+        with self._lock:
+            p, now_us = project_id, self._now_us
+            if _check(resource) == "session_recordings":
+                a, b, _ = self._rec_window(p, None, None, now_us)
+                rows: list[Any] = self._rec_rows(p, ((i, None) for i in range(a, b)), now_us)
+            elif resource == "session_group_summaries":
+                rows = [self._summary_row(p, j, True) for j in range(self._n_summaries(now_us))]
+            elif resource == "desktop_recordings":
+                rows = [self._desktop_row(p, k, now_us) for k in range(self._n_desktop(now_us))]
+            elif resource == "subscriptions":
+                rows = [self._sub_row(r) for r in self._subs[p]]
+            else:
+                rows = [{**r, "type": t, "group_type_index": g} for (t, g), defs in self._defs[p].items()
+                        for r in self._defs_out(defs + self._virtual(t))]
+            return orjson.loads(orjson.dumps(rows))
+
+    # -- session recordings ----------------------------------------------------------------------
+
+    def _rec_window(self, p: int, df: int | None, dt: int | None,
+                    now_us: int) -> tuple[int, int, list[tuple[int, int]]]:
+        """Complete rows are indices [a, b); edge rows are sorted (effective start, index) pairs."""
+        key = (p, df, dt, now_us)
+        if key in self._edges:
+            return self._edges[key]
+        base_us, step_us = self._rbase * US, self._step * US
+        vis_lo = max(0, _cdiv(now_us - self._retention_s * US - base_us, step_us))  # expired before
+        vis_hi = max(vis_lo, _cdiv(now_us - base_us, step_us))  # not started yet from here on
+        a_raw = vis_lo if df is None else _cdiv(df - base_us, step_us)
+        a = min(max(a_raw, vis_lo), vis_hi)
+        b = vis_hi if dt is None else min(max((dt - base_us) // step_us + 1, a), vis_hi)
+        parts: list[tuple[int, int]] = []
+        if df is not None:  # only recordings started < MAX_DUR before date_from can reach past it
+            now_s, salt = now_us // US, self._salt[p]
+            for i in range(max(vis_lo, _cdiv(df - MAX_DUR * US - base_us, step_us)), min(a_raw, vis_hi)):
+                s = self._rbase + i * self._step
+                first = s + PART_S * _cdiv(df - s * US, PART_S * US)
+                end = min(s + _duration(_mix((salt + i) & M64)), now_s)
+                if first < end and (dt is None or first * US <= dt):
+                    parts.append((first, i))
+            parts.sort()
+        if len(self._edges) > 64:
+            self._edges.clear()
+        self._edges[key] = (a, b, parts)
+        return a, b, parts
+
+    def _rec_take(self, a: int, b: int, parts: list[tuple[int, int]], lo: int,
+                  hi: int) -> list[tuple[int, int | None]]:
+        """(index, kept start | None) for ascending positions [lo, hi) of the merged window."""
+        ppos = [j + min(max(_cdiv(e - self._rbase, self._step), a), b) - a for j, (e, _) in enumerate(parts)]
+        j = bisect.bisect_left(ppos, lo)
+        fi, out = a + lo - j, []
+        for pos in range(lo, hi):
+            if j < len(ppos) and ppos[j] == pos:
+                out.append((parts[j][1], parts[j][0]))
+                j += 1
+            else:
+                out.append((fi, None))
+                fi += 1
+        return out
+
+    def _rec_rank(self, a: int, b: int, parts: list[tuple[int, int]], e: int, i: int) -> int:
+        """How many window rows sort at or before the key (effective start e, index i)."""
+        m = (e - self._rbase) // self._step
+        if m > i and self._rbase + m * self._step == e:
+            m -= 1
+        return min(max(m + 1, a), b) - a + bisect.bisect_right(parts, (e, i))
+
+    def _rstart(self, i: int, kept: int | None) -> int:
+        return self._rbase + i * self._step if kept is None else kept
+
+    def _rec_rows(self, p: int, items: Iterable[tuple[int, int | None]], now_us: int) -> list[dict[str, Any]]:
+        """Rows for (index, kept start | None) pairs; a kept start makes a partial edge row."""
+        # hot path (100k+ rows/s): locals hoisted, integer rates, table-based ISO formatting
+        base, step, salt, (rid, rid_tail) = self._rbase, self._step, self._salt[p], self._rid[p]
+        npersons, persons, viewers = self._npersons, self._persons, self._viewers
+        retention_s = self._retention_s
+        extra, now_s, out = self._extra["session_recordings"], now_us // US, []
+        for i, kept in items:
+            s = base + i * step
+            h = _mix((salt + i) & M64)
+            g = (h * 0xD1B54A32D192ED03 & M64) ^ (h >> 29)
+            true_end = s + _duration(h)
+            end = true_end if true_end < now_s else now_s
+            x1 = end - s
+            af, rc, rk, rm = 120 + (g & 0xFF), (g >> 8) & 0xFF, (g >> 16) & 0xFF, (g >> 24) & 0xFF
+            rl, rw, re_ = (g >> 32) & 0xFF, (g >> 40) & 0xFF, (g >> 48) & 0xFF
+            active, clicks, keys, mouse = af * x1 // 400, rc * x1 // 1200, rk * x1 // 600, rm * x1 // 90
+            logs, warns, errors = rl * x1 // 5000, rw * x1 // 25000, re_ * x1 // 50000
+            expiry = s + retention_s
+            if kept is None:
+                start, d = s, x1
+                start_iso = _iso(s)
+                expiry_iso = _iso_day(expiry) + start_iso[11:]
+            else:  # partial row: counts of the kept parts only
+                start, x0 = kept, kept - s
+                d = x1 - x0
+                active, clicks, keys, mouse = (active - af * x0 // 400, clicks - rc * x0 // 1200,
+                                               keys - rk * x0 // 600, mouse - rm * x0 // 90)
+                logs, warns, errors = (logs - rl * x0 // 5000, warns - rw * x0 // 25000,
+                                       errors - re_ * x0 // 50000)
+                start_iso, expiry_iso = _iso(start), _iso(expiry)
+            pk = (h >> 40) % npersons
+            person = persons.get((p, pk)) or self._person(p, pk)
+            viewed, mobile, summary = (g >> 56) % 10 < 3, (h >> 36) % 10 == 0, (h >> 52) % 10 == 0
+            x = f"{h:016x}"
+            row = {
+                "id": f"{x[:8]}{rid}{x[8:11]}{rid_tail}{i:012x}", "distinct_id": person["distinct_ids"][0],
+                "viewed": viewed, "viewers": viewers[(g >> 58) % 5] if viewed else _NONE,
+                "recording_duration": d, "active_seconds": active, "inactive_seconds": d - active,
+                "start_time": start_iso, "end_time": _iso(end), "click_count": clicks, "keypress_count": keys,
+                "mouse_activity_count": mouse, "console_log_count": logs, "console_warn_count": warns,
+                "console_error_count": errors, "start_url": _URLS[(h >> 33) % 6], "person": person,
+                "retention_period_days": self.retention_days, "expiry_time": expiry_iso,
+                "recording_ttl": max(0, (expiry - now_s) // 86400),
+                "snapshot_source": "mobile" if mobile else "web",
+                "snapshot_library": ("posthog-ios" if h & 1 else "posthog-android") if mobile else "web",
+                "ongoing": true_end > now_s - 300,
+                "activity_score": min(10000, (20 * clicks + 10 * keys + mouse) * 100 // (d or 1)) / 100,
+                "has_summary": summary, "summary_outcome": _OUTCOMES[g & 1] if summary else None,
+                "external_references": _NONE, "matches_filters": True,
+            }
+            if extra:
+                row.update(extra)
+            out.append(row)
+        return out
+
+    def _person(self, p: int, k: int) -> dict[str, Any]:
+        h = _hh(self.seed, 4, p, k)
+        name = f"{_PEOPLE[h % len(_PEOPLE)].lower()}.{k}@example.com"
+        person = self._persons[(p, k)] = {
+            "id": p * 1_000_000 + k + 1, "name": name, "distinct_ids": [_uuid(h)],
+            "properties": {"email": name, "$os": ("Mac OS X", "Windows", "iOS", "Android")[(h >> 8) % 4]},
+            "created_at": _iso(self._rbase - 86400 * (1 + h % 90)), "uuid": _uuid(_mix(h)),
+            "last_seen_at": _iso(self._rbase),
+        }
+        return person
+
+    def _rec_index(self, p: int, rid: object, now_us: int) -> int | None:
+        """Index of a listed (started, unexpired) recording of project p with that id, else None."""
+        m = _OID.fullmatch(rid) if isinstance(rid, str) else None
+        if m is None:
+            return None
+        i = int(m[1], 16)
+        a, b, _ = self._rec_window(p, None, None, now_us)
+        return i if a <= i < b and _oid(0, p, i, _mix((self._salt[p] + i) & M64)) == rid else None
+
+    def _recordings(self, p: int, params: dict[str, str]) -> tuple[int, Any]:
+        q: dict[str, Any] = {}
+        for k, v in params.items():  # the real endpoint JSON-decodes every value, then validates strictly
+            if k not in _REC_PARAMS:
+                return _pydantic(k, "extra_forbidden", "Extra inputs are not permitted", v)
+            try:
+                q[k] = orjson.loads(v)
+            except orjson.JSONDecodeError:
+                q[k] = v
+        for k in ("limit", "offset"):
+            if k in q and (type(q[k]) is not int or q[k] < 0):
+                return _pydantic(k, "int_parsing", "Input should be a valid integer", q[k])
+        limit, offset = q.get("limit", 50), q.get("offset", 0)
+        order, direction = q.get("order", "start_time"), q.get("order_direction", "DESC")
+        if order not in _REC_ORDERS:
+            return _pydantic("order", "literal_error", "Input should be a valid order field", order)
+        if direction not in ("ASC", "DESC"):
+            return _pydantic("order_direction", "literal_error", "Input should be 'ASC' or 'DESC'", direction)
+        now_us, cursor = self._now_us, None
+        if "after" in q:
+            try:
+                c = orjson.loads(base64.urlsafe_b64decode(str(q["after"]).encode()))
+                cursor = (c[0], int(c[1]))
+            except (ValueError, TypeError, IndexError, KeyError):
+                return _pydantic("after", "value_error", "Invalid cursor", q["after"])
+        dates: list[int | None] = []
+        for k, default in (("date_from", "-3d"), ("date_to", None)):
+            try:
+                dates.append(None if q.get(k, default) is None else _parse_when(q.get(k, default), now_us))
+            except ValueError:
+                return _pydantic(k, "value_error", "Invalid date", q[k])
+        if "session_ids" in q:  # rows asked for by id skip the date window and come back complete
+            ids = q["session_ids"]
+            if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+                return _pydantic("session_ids", "list_type", "Input should be a valid list", ids)
+            found = {self._rec_index(p, x, now_us) for x in ids}
+            items: list[tuple[int, int | None]] = [(i, None) for i in sorted(found - {None})]  # type: ignore
+        else:
+            a, b, parts = self._rec_window(p, dates[0], dates[1], now_us)
+            items = []  # start_time order is served by index arithmetic below
+            if order != "start_time":
+                items = [(i, None) for i in range(a, b)] + [(i, e) for e, i in parts]
+        if order != "start_time" or "session_ids" in q:  # small or unusual: materialise and sort
+            field = "recording_duration" if order == "duration" else order
+            keyed = sorted(((self._rstart(i, kept) if order == "start_time" else r[field], i), r)
+                           for (i, kept), r in zip(items, self._rec_rows(p, items, now_us), strict=True))
+            total, keys = len(keyed), [k for k, _ in keyed]
+
+            def rank(e: Any, i: int) -> int:
+                return bisect.bisect_right(keys, (e, i))
+
+            def take(lo: int, hi: int) -> list[dict[str, Any]]:
+                return [r for _, r in keyed[lo:hi]]
+
+            def key(pos: int) -> tuple[Any, int]:
+                return keys[pos]
+        else:  # the window by index arithmetic; only the edge rows were sorted
+            total = b - a + len(parts)
+
+            def rank(e: Any, i: int) -> int:
+                return self._rec_rank(a, b, parts, e, i)
+
+            def take(lo: int, hi: int) -> list[dict[str, Any]]:
+                return self._rec_rows(p, self._rec_take(a, b, parts, lo, hi), now_us)
+
+            def key(pos: int) -> tuple[Any, int]:
+                i, kept = self._rec_take(a, b, parts, pos, pos + 1)[0]
+                return self._rstart(i, kept), i
+        desc = direction == "DESC"
+        if cursor is not None:  # keyset: rows strictly beyond the cursor's (order value, index) key
+            hi = rank(cursor[0], cursor[1] - 1) if desc else rank(*cursor) + limit
+        else:
+            hi = total - offset if desc else offset + limit
+        lo, hi = max(0, min(hi - limit, total)), max(0, min(hi, total))
+        has_next = lo > 0 if desc else hi < total
+        tail: dict[str, Any] = {"has_next": has_next, "version": 4}
+        if self.keyset and has_next and hi > lo:
+            tail["next_cursor"] = base64.urlsafe_b64encode(orjson.dumps(key(lo if desc else hi - 1))).decode()
+        if hi - lo > _STREAM_ROWS:
+            return 200, _Stream(take, lo, hi, desc, tail)
+        page = take(lo, hi) if hi > lo else []
+        if desc:
+            page.reverse()
+        return 200, {"results": page} | tail
+
+    # -- session group summaries -----------------------------------------------------------------
+
+    def _summary_created_us(self, j: int) -> int:
+        return self._sbase_us + j * self._sstep * US + _hh(self.seed, 2, j) % US
+
+    def _n_summaries(self, now_us: int) -> int:
+        return _n_before(self._sbase_us, self._sstep * US, self._summary_created_us, now_us)
+
+    def _summary_row(self, p: int, j: int, detail: bool) -> dict[str, Any]:
+        h = _hh(self.seed, 5, p, j)
+        created, n = self._summary_created_us(j), 2 + h % 7
+        topic = ("Checkout drop-off", "Onboarding friction", "Search usage", "Billing errors", "Mobile UX")[
+            h % 5]
+        row: dict[str, Any] = {"id": _oid(1, p, j, h), "title": f"{topic} ({n} sessions)", "session_count": n,
+                               "created_at": _iso_us(created), "created_by": self._users[(h >> 8) % 5]}
+        if detail:
+            i_hi = max(0, _cdiv(created - self._rbase * US, self._step * US))
+            row |= {
+                "session_ids": [_oid(0, p, i, _mix((self._salt[p] + i) & M64))
+                                for i in range(i_hi - 1, max(-1, i_hi - 1 - 3 * n), -3)],
+                "summary": {"patterns": [{"pattern_id": k + 1, "pattern_name": f"{topic} pattern {k + 1}",
+                                          "severity": ("low", "medium", "high")[(h >> (4 + k)) % 3],
+                                          "stats": {"sessions_affected": 1 + (h >> (8 + k)) % n}}
+                                         for k in range(1 + (h >> 16) % 3)]},
+                "extra_summary_context": {"focus_area": topic.lower()} if h & 16 else None,
+                "run_metadata": {"model_used": "o3", "visual_confirmation": bool(h & 32)} if h & 64 else None,
+                "team": p,
+            }
+        return row | self._extra["session_group_summaries"]
+
+    def _summaries(self, p: int, params: dict[str, str]) -> tuple[Any, Any]:
+        bounds = []
+        for k in ("date_from", "date_to"):
+            try:
+                bounds.append(_parse_when(params[k], self._now_us) if k in params else None)
+            except ValueError:
+                return _invalid(f"Invalid date: {params[k]}", k)
+        lo, hi = bounds  # both strict, on created_at
+        keys = [j for j in range(self._n_summaries(self._now_us) - 1, -1, -1)
+                for c in (self._summary_created_us(j),) if (lo is None or c > lo) and (hi is None or c < hi)]
+        by, search = params.get("created_by"), params.get("search", "").lower()
+        if by or search:
+            keys = [j for j in keys for r in (self._summary_row(p, j, False),)
+                    if by in (None, r["created_by"]["uuid"]) and search in r["title"].lower()]
+        return keys, lambda j: self._summary_row(p, j, False)
+
+    # -- desktop recordings ----------------------------------------------------------------------
+
+    def _desktop_start(self, k: int) -> int:
+        return self._dbase + k * self._dstep + _hh(self.seed, 7, k) % max(1, self._dstep // 2)
+
+    def _n_desktop(self, now_us: int) -> int:
+        return _n_before(self._dbase * US, self._dstep * US, lambda k: self._desktop_start(k) * US, now_us)
+
+    def _desktop_meta(self, p: int, k: int, now_s: int) -> tuple[int, int, int, int, str]:
+        """(hash, started, recording end, final time, status at now_s) of desktop recording k."""
+        h, start = _hh(self.seed, 6, p, k), self._desktop_start(k)
+        end = start + 900 + (h >> 16) % 4500
+        final = end + 120 + (h >> 32) % 480
+        status = "recording" if now_s < end else "processing" if now_s < final else (
+            "error" if (h >> 48) % 10 == 0 else "ready")
+        return h, start, end, final, status
+
+    def _desktop_row(self, p: int, k: int, now_us: int) -> dict[str, Any]:
+        now_s = now_us // US
+        h, start, end, final, status = self._desktop_meta(p, k, now_s)
+        people = [f"{_PEOPLE[(h >> (3 * m)) % len(_PEOPLE)]} {m + 1}" for m in range(2 + h % 4)]
+        platform = _PLATFORMS[(h >> 8) % 5]
+        seg_s = 3600 / self.segments if self.segments > 0 else math.inf
+        segments = []
+        for m in range(int((min(now_s, end) - start) / seg_s)):  # one segment per seg_s while recording
+            x = _mix(h + m)
+            text = " ".join(_WORDS[(x >> (5 * t)) & 31] for t in range(3 + x % 8))
+            ts = None if x % 13 == 0 else float(int(m * seg_s * 1000) + (x >> 40) % 997)
+            segments.append({"timestamp": ts, "speaker": people[(x >> 50) % len(people)],
+                             "text": text.capitalize() + ".",
+                             "confidence": round(0.75 + ((x >> 20) & 0xFF) / 1020, 3), "is_final": True})
+        ready, ended = status == "ready", now_s >= end
+        title = ("Weekly sync", "Customer call", "Design review", "Sprint planning", "1:1")[(h >> 12) % 5]
+        last_segment = start + int(len(segments) * seg_s) if segments else start
+        updated = final if status in ("ready", "error") else end if ended else last_segment
+        url = None if platform == "desktop_audio" else f"https://{platform}.example.com/{h % 997}"
+        row = {
+            "id": _oid(2, p, k, h), "team": p, "created_by": 1 + (h >> 20) % 5,
+            "sdk_upload_id": _uuid(_mix(h ^ 1)), "recall_recording_id": _uuid(_mix(h ^ 2)),
+            "platform": platform, "meeting_title": title, "meeting_url": url,
+            "duration_seconds": end - start if ended else None, "status": status,
+            "notes": "Follow up next week." if h & 4 else None,
+            "error_message": "Transcription provider timed out." if status == "error" else None,
+            "video_url": f"https://storage.example.com/desktop/{h:016x}.mp4" if ready else None,
+            "video_size_bytes": (end - start) * 250_000 if ready else None, "participants": people,
+            "transcript_text": " ".join(s["text"] for s in segments), "transcript_segments": segments,
+            "summary": f"{title}: {people[0]} and {people[1]} agreed on next steps." if ready else None,
+            "extracted_tasks": [{"title": f"Task {t + 1} from {title.lower()}", "description": "Follow up.",
+                                 "assignee": people[t % len(people)]} for t in range(1 + h % 3) if ready],
+            "tasks_generated_at": _iso(final) if ready else None,
+            "summary_generated_at": _iso(final) if ready else None, "started_at": _iso(start),
+            "completed_at": _iso(end) if ended else None, "created_at": _iso(start),
+            "updated_at": _iso(updated),
+        }
+        return row | self._extra["desktop_recordings"]
+
+    def _desktops(self, p: int, params: dict[str, str]) -> tuple[Any, Any]:
+        now_us, now_s = self._now_us, self._now_us // US
+        keys = list(range(self._n_desktop(now_us) - 1, -1, -1))
+        want = [(f, params[f]) for f in ("status", "platform", "user_id") if f in params]
+        if want:
+            def facts(k: int) -> dict[str, str]:
+                h, *_, status = self._desktop_meta(p, k, now_s)
+                return {"status": status, "platform": _PLATFORMS[(h >> 8) % 5],
+                        "user_id": str(1 + (h >> 20) % 5)}
+            keys = [k for k in keys for f in (facts(k),) if all(f[n] == v for n, v in want)]
+        if "search" in params:
+            needle = params["search"].lower()
+            keys = [k for k in keys if needle in self._desktop_row(p, k, now_us)["transcript_text"].lower()]
+        return keys, lambda k: self._desktop_row(p, k, now_us)
+
+    # -- subscriptions ---------------------------------------------------------------------------
+
+    def _new_sub(self, p: int, created_us: int, deleted: bool) -> dict[str, Any]:
+        sid, self._next_sub_id = self._next_sub_id, self._next_sub_id + 1
+        h = _hh(self.seed, 8, p, sid)
+        freq, insight = ("daily", "weekly", "monthly")[h % 3], bool(h & 8)
+        target = ("email", "slack", "webhook")[(h >> 4) % 3]
+        start_s, period = created_us // US, {"daily": 1, "weekly": 7, "monthly": 30}[freq] * 86400
+        row = {
+            "id": sid, "dashboard": None if insight else 100 + h % 50,
+            "insight": 500 + h % 400 if insight else None,
+            "target_type": target, "target_value": {"email": "team@example.com", "slack": "#alerts",
+                                                    "webhook": "https://hooks.example.com/x"}[target],
+            "frequency": freq, "interval": 1 + (h >> 8) % 2,
+            "byweekday": ["monday"] if freq == "weekly" else None,
+            "bysetpos": None, "count": None, "start_date": _iso(start_s), "until_date": None,
+            "created_at": _iso_us(created_us), "created_by": self._users[(h >> 12) % 5], "deleted": deleted,
+            "title": f"{('Weekly KPIs', 'Revenue', 'Signups', 'Errors')[(h >> 16) % 4]} report",
+            "summary": f"sent every {('day', 'week', 'month')[h % 3]}",
+            "next_delivery_date": _iso(start_s + period * (1 + (self._now_us // US - start_s) // period)),
+            "invite_message": None, "_created_us": created_us,
+        }
+        self._subs[p].append(row)
+        return row
+
+    def _sub(self, p: int, sid: int) -> dict[str, Any]:
+        for row in self._subs[p]:
+            if row["id"] == sid:
+                return row
+        raise KeyError(sid)
+
+    def _sub_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in row.items() if k != "_created_us"} | self._extra["subscriptions"]
+
+    def _subscriptions(self, p: int, params: dict[str, str]) -> tuple[Any, Any]:
+        # soft-deleted rows are hidden unless a `deleted` param is sent; deleted=true lists only them
+        want = params.get("deleted", "false").lower() in ("true", "1")
+        rows = sorted(self._subs[p], key=lambda r: (r["_created_us"], r["id"]), reverse=True)
+        return [r for r in rows if r["deleted"] == want], self._sub_row
+
+    # -- property definitions --------------------------------------------------------------------
+
+    def _make_defs(self, p: int, n: int) -> dict[tuple[str, int | None], list[dict[str, Any]]]:
+        kinds = [("event", None, n), ("person", None, max(1, n // 2)), ("session", None, min(7, n))]
+        kinds += [("group", g, max(1, n // 3)) for g in range(self.group_types)]
+        out: dict[tuple[str, int | None], list[dict[str, Any]]] = {}
+        for t, (type_, gti, size) in enumerate(kinds):
+            names = sorted([*_PROPS[type_], *(f"custom_{type_}_prop_{k:03d}" for k in range(size))][:size])
+            out[(type_, gti)] = rows = []
+            for k, name in enumerate(names):
+                h = _hh(self.seed, 13, p, t, k)
+                verified = h % 4 == 0
+                ptype = ("String", "String", "Numeric", "DateTime", "Boolean")[(h >> 4) % 5]
+                updated = _iso(self._rbase - (h >> 8) % (30 * 86400))
+                rows.append({
+                    "id": _uuid(h), "name": name, "description": f"The {name} property." if h & 32 else None,
+                    "tags": ["core"] if h & 64 else [], "is_numerical": ptype == "Numeric",
+                    "updated_at": updated,
+                    "updated_by": self._users[(h >> 12) % 5] if h & 128 else None,
+                    "is_seen_on_filtered_events": None, "property_type": ptype, "verified": verified,
+                    "verified_at": updated if verified else None,
+                    "verified_by": self._users[0] if verified else None,
+                    "hidden": False,
+                })
+        return out
+
+    def _virtual(self, type_: str) -> list[dict[str, Any]]:
+        return [{"id": f"$builtin_{key}", "name": key, "description": "Virtual property computed by PostHog.",
+                 "tags": [], "is_numerical": "type" not in key, "updated_at": None, "updated_by": None,
+                 "is_seen_on_filtered_events": None,
+                 "property_type": "String" if "type" in key else "Numeric", "verified": False,
+                 "verified_at": None, "verified_by": None, "hidden": False, "virtual": True}
+                for key in _VIRTUAL.get(type_, ())]
+
+    def _defs_out(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        extra = self._extra["property_definitions"]
+        return [r | extra for r in rows] if extra else rows
+
+    def _property_definitions(self, p: int, params: dict[str, str], url: Callable) -> tuple[int, Any]:
+        type_, raw = params.get("type", "event"), params.get("group_type_index")
+        if type_ not in ("event", "person", "group", "session"):
+            return _invalid(f'"{type_}" is not a valid choice.', "type")
+        if type_ != "group" and raw is not None:
+            return _invalid("group_type_index can only be set for type=group", "group_type_index")
+        if type_ == "group" and (raw is None or not raw.isdigit() or int(raw) >= len(_GROUP_NAMES)):
+            return _invalid("group_type_index must be an integer between 0 and 4 for type=group",
+                            "group_type_index")
+        gti = None if raw is None else int(raw)
+        real = self._defs[p].get((type_, gti), [])
+        virt = self._virtual(type_) if (type_, gti) in self._defs[p] else []
+        limit, offset = _pos_int(params.get("limit"), 100, strict=True), _pos_int(params.get("offset"), 0)
+        # virtual rows ride on the last real page and count in `count`, but `next` ignores them
+        rows = real[offset:offset + limit] + (virt if offset + limit >= len(real) else [])
+        return 200, _drf_body(len(real) + len(virt), len(real), offset, limit, self._defs_out(rows), url)
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def _respond(self, method: str, target: str, auth: str | None,
+                 host: str) -> tuple[int, bytes | Iterator[bytes], str, dict[str, str]]:
+        """Answer and log one request: (status, body, content type, extra headers)."""
+        split = urlsplit(target)
+        path, params = split.path, dict(parse_qsl(split.query, keep_blank_values=True))
+        authorized, headers, body, resource = auth == f"Bearer {self.api_key}", {}, None, None
+        with self._lock:
+            inj = None
+            if method != "GET":
+                body = _err("invalid_request", "method_not_allowed", f'Method "{method}" not allowed.')
+                status = 405
+            elif not auth:
+                status, body = 401, _err("authentication_error", "not_authenticated",
+                                         "Authentication credentials were not provided.")
+            elif not authorized:
+                status = 401
+            else:
+                inj = next((x for x in self._injections if x.path_contains in target), None)
+            if inj is not None:
+                status, inj.times = inj.status, inj.times - 1
+                self._injections = [x for x in self._injections if x.times > 0]
+            elif authorized and method == "GET":
+                status, body, resource = self._route(path, params, host)
+            self.requests.append(FakeRequest(method, path, params, status, authorized))
+        if inj is not None:
+            if status == 503:
+                headers["Retry-After"] = "1"
+            if inj.body is not None:
+                json_like = inj.body.lstrip()[:1] in (b"{", b"[")
+                return status, inj.body, "application/json" if json_like else "text/html", headers
+            res = next((r for r in RESOURCES if f"/{r}" in path), None)
+            listing = path.rstrip("/").endswith(f"/{res}")
+            return status, *_error_body(status, res, inj.wait_s, listing), headers
+        if body is None:
+            return status, *_error_body(status, resource), headers
+        if isinstance(body, _Stream):
+            return status, body.chunks(self._lock), "application/json", headers
+        return status, orjson.dumps(body), "application/json", headers
+
+    def _route(self, path: str, params: dict[str, str], host: str) -> tuple[int, Any, str | None]:
+        parts = [x for x in path.split("/") if x]
+        not_found = _err("invalid_request", "not_found", "Not found.")
+        if len(parts) < 2 or parts[0] != "api" or parts[1] not in ("projects", "environments"):
+            return 404, not_found, None
+
+        def url(**changes: int | None) -> str:  # DRF keeps the other params, sorted
+            q = {k: v for k, v in params.items() if k not in changes}
+            q |= {k: str(v) for k, v in changes.items() if v is not None}
+            return f"http://{host}{path}" + (f"?{urlencode(sorted(q.items()))}" if q else "")
+
+        rest = parts[2:]
+        if not rest:
+            return (200, _drf(self.project_ids, self._project, params, url), None) if parts[1] == "projects" \
+                else (404, not_found, None)
+        pid = self.project_ids[0] if rest[0] == "@current" else int(rest[0]) if rest[0].isdigit() else -1
+        if pid not in self._salt:
+            return 404, _err("invalid_request", "not_found", "Project not found."), None
+        if len(rest) == 1:
+            return 200, self._project(pid), None
+        resource = rest[1]
+        if resource == "groups_types" and len(rest) == 2 and parts[1] == "projects":
+            return 200, [{"group_type": _GROUP_NAMES[g], "group_type_index": g, "name_singular": None,
+                          "name_plural": None} for g in range(self.group_types)], None
+        if resource not in RESOURCES or len(rest) > 3 or (
+                parts[1] == "environments" and resource not in _ENV_ROUTES):
+            return 404, not_found, None
+        if (pid, resource) in self._disabled:
+            return self._disabled[(pid, resource)], None, resource
+        if len(rest) == 3:
+            row = self._detail(pid, resource, rest[2])
+            if row is None:
+                msg = "Recording not found" if resource == "session_recordings" else "Not found."
+                return 404, _err("invalid_request", "not_found", msg), resource
+            return 200, row, resource
+        if resource == "session_recordings":
+            return *self._recordings(pid, params), resource
+        if resource == "property_definitions":
+            return *self._property_definitions(pid, params, url), resource
+        handler = {"session_group_summaries": self._summaries, "desktop_recordings": self._desktops,
+                   "subscriptions": self._subscriptions}[resource]
+        keys, build = handler(pid, params)
+        if isinstance(keys, int):  # a validation error
+            return keys, build, resource
+        return 200, _drf(keys, build, params, url), resource
+
+    def _project(self, p: int) -> dict[str, Any]:
+        return {"id": p, "name": f"Project {p}", "created_at": _iso(self._rbase - 30 * 86400),
+                "timezone": "UTC", "organization": self._org}
+
+    def _detail(self, p: int, resource: str, oid: str) -> dict[str, Any] | None:
+        now_us = self._now_us
+        if resource == "session_recordings":
+            i = self._rec_index(p, oid, now_us)
+            return None if i is None else self._rec_rows(p, ((i, None),), now_us)[0]
+        if resource == "subscriptions":
+            return next((self._sub_row(r) for r in self._subs[p] if str(r["id"]) == oid), None)
+        if resource == "property_definitions":
+            return next((r | self._extra[resource] for rows in self._defs[p].values() for r in rows
+                         if r["id"] == oid), None)
+        m = _OID.fullmatch(oid)
+        idx = int(m[1], 16) if m else -1
+        if resource == "session_group_summaries" and 0 <= idx < self._n_summaries(now_us):
+            row = self._summary_row(p, idx, True)
+        elif resource == "desktop_recordings" and 0 <= idx < self._n_desktop(now_us):
+            row = self._desktop_row(p, idx, now_us)
+        else:
+            return None
+        return row if row["id"] == oid else None
+
+    @contextlib.contextmanager
+    def serve(self, port: int = 0) -> Iterator[str]:
+        """Serve on 127.0.0.1 (port 0 = any free one) in a daemon thread; yields the base URL."""
+        server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        server.daemon_threads = True
+        server.fake = self  # type: ignore[attr-defined]
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+
+def _check(resource: str) -> str:
+    if resource not in RESOURCES:
+        raise ValueError(f"unknown resource {resource!r}; expected one of {RESOURCES}")
+    return resource
+
+
+def _drf_body(count: int, paged: int, offset: int, limit: int, results: list[Any],
+              url: Callable) -> dict[str, Any]:
+    """DRF LimitOffsetPagination envelope; ``paged`` is the row count that drives ``next``."""
+    nxt = url(offset=offset + limit, limit=limit) if offset + limit < paged else None
+    prev = None if offset <= 0 else url(offset=offset - limit if offset > limit else None, limit=limit)
+    return {"count": count, "next": nxt, "previous": prev, "results": results}
+
+
+def _drf(keys: Sequence[Any], build: Callable[[Any], dict[str, Any]], params: dict[str, str],
+         url: Callable) -> dict[str, Any]:
+    limit, offset = _pos_int(params.get("limit"), 100, strict=True), _pos_int(params.get("offset"), 0)
+    rows = [build(k) for k in keys[offset:offset + limit]]
+    return _drf_body(len(keys), len(keys), offset, limit, rows, url)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # keep-alive + separate header/body writes would hit delayed-ACK stalls
+    timeout = 120
+
+    def _answer(self) -> None:
+        fake: FakePostHog = self.server.fake  # type: ignore[attr-defined]
+        if length := int(self.headers.get("Content-Length") or 0):
+            self.rfile.read(length)
+        if fake.latency_s > 0:
+            time.sleep(fake.latency_s)
+        host = self.headers.get("Host") or f"127.0.0.1:{self.server.server_address[1]}"
+        auth = self.headers.get("Authorization")
+        status, body, ctype, headers = fake._respond(self.command, self.path, auth, host)
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        if isinstance(body, bytes):
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for chunk in body:
+            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: serve a fake until killed, printing ``READY <url>`` once listening."""
+    ap = argparse.ArgumentParser(prog="python -m sources.posthog.fake", description=__doc__)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--projects", default="1,2", help="comma-separated project ids")
+    for flag, default in (("recordings", 120), ("desktop-recordings", 12), ("segments", 8), ("summaries", 25),
+                          ("subscriptions", 9), ("property-definitions", 30), ("group-types", 2),
+                          ("recording-step-s", 600), ("retention-days", 365), ("seed", 0)):
+        ap.add_argument(f"--{flag}", type=int, default=default)
+    ap.add_argument("--latency-ms", type=float, default=0.0)
+    ap.add_argument("--api-key", default="phx_fake_personal_key")
+    ap.add_argument("--keyset", action="store_true", help="send next_cursor on recordings pages")
+    a = ap.parse_args(argv)
+    fake = FakePostHog(
+        project_ids=[int(x) for x in a.projects.split(",") if x.strip()], recordings=a.recordings,
+        desktop_recordings=a.desktop_recordings, segments=a.segments, summaries=a.summaries,
+        subscriptions=a.subscriptions, property_definitions=a.property_definitions, group_types=a.group_types,
+        seed=a.seed, api_key=a.api_key, recording_step_s=a.recording_step_s, keyset=a.keyset,
+        latency_s=a.latency_ms / 1000, retention_days=a.retention_days,
+    )
+    with fake.serve(port=a.port) as url:
+        print(f"READY {url}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

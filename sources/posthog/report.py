@@ -1,0 +1,54 @@
+"""What a run did, per project and resource: the run summary and the `_sync_report` table."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass
+class ResourceRun:
+    """Counters for one resource of one project in one run."""
+
+    project_id: int
+    resource: str
+    requests: int = 0
+    throttled: int = 0
+    retries: int = 0
+    rows_fetched: int = 0
+    rows_loaded: int = 0
+    api_count: int | None = None
+    duration_s: float = 0.0
+    status: str = "ok"  # ok | skipped | failed
+    reason: str | None = None
+
+
+@dataclass
+class SyncReport:
+    """Collects per-resource counters, skips and schema drift for one run."""
+
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    runs: dict[tuple[int, str], ResourceRun] = field(default_factory=dict)
+    drift: dict[str, set[str]] = field(default_factory=dict)
+    _clock: dict[tuple[int, str], float] = field(default_factory=dict)
+
+    def run(self, project_id: int, resource: str) -> ResourceRun:
+        """The counters of one project's resource, created on first use."""
+        key = (project_id, resource)
+        if key not in self.runs:
+            self.runs[key] = ResourceRun(project_id, resource)
+            self._clock[key] = time.monotonic()
+        return self.runs[key]
+
+    def finish(self, project_id: int, resource: str) -> None:
+        """Stop the clock of one project's resource."""
+        key = (project_id, resource)
+        self.run(project_id, resource).duration_s = round(time.monotonic() - self._clock[key], 3)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Rows for the `_sync_report` table."""
+        return [
+            {"run_started_at": self.started_at, **asdict(r)} for r in self.runs.values()
+        ]

@@ -1,0 +1,331 @@
+"""Generic readers: one per sync mode of the endpoint table, shared by every endpoint.
+
+Each reader gets one project's slice of the resource state and yields Arrow tables. State is only
+changed after the project's last page was read; dlt commits it together with the loaded data, so a
+failed or killed run never moves a cursor past rows that did not land.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import dlt
+import orjson
+import pyarrow as pa
+
+from .arrow import Drift, dlt_columns, to_arrow
+from .client import PostHogClient, ResourceUnavailable
+from .endpoints import Endpoint
+from .report import ResourceRun, SyncReport
+
+logger = logging.getLogger("posthog_export")
+
+ROW = dict[str, Any]
+GROUP_TYPES_LIMIT = 5  # group_type_index is 0..4 (shared/posthog-api.md §7.5)
+
+
+@dataclass
+class Context:
+    """Everything a reader needs besides the endpoint: the client, settings and the run's report."""
+
+    client: PostHogClient
+    report: SyncReport
+    lookback: timedelta
+    initial_date_from: str
+    evolve: bool = False
+    page_sizes: Mapping[str, int] = field(default_factory=dict)
+    drift: Drift = field(default_factory=Drift)
+
+    def page_size(self, endpoint: Endpoint) -> int:
+        """The configured page size for an endpoint, else its declared default."""
+        return int(self.page_sizes.get(endpoint.name, endpoint.page_size))
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with `Z`: PostHog reads dates without a zone in the project's zone (§7.1)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str) -> datetime:
+    """Parse an ISO timestamp from PostHog or our state into an aware UTC datetime."""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def child_table(endpoint: Endpoint, field_name: str) -> str:
+    """Name of the child table for a list field, in dlt's `parent__child` convention."""
+    return f"{endpoint.name}__{field_name}"
+
+
+def parent_column(endpoint: Endpoint) -> str:
+    """The column in child tables that points to the parent row (e.g. `desktop_recording_id`)."""
+    return f"{endpoint.name.removesuffix('s')}_id"
+
+
+def emit(endpoint: Endpoint, ctx: Context, run: ResourceRun, rows: list[ROW]) -> Iterator[Any]:
+    """Yield one page as Arrow: the endpoint's table and one table per child list."""
+    yield from page_items(endpoint, ctx, run, rows)[1]
+
+
+def page_items(
+    endpoint: Endpoint, ctx: Context, run: ResourceRun, rows: list[ROW]
+) -> tuple[pa.Table | None, list[Any]]:
+    """One page as the endpoint's Arrow table plus the items to yield to dlt (it and its children)."""
+    if not rows:
+        return None, []
+    columns = {"project_id": "bigint", **endpoint.columns}
+    table = to_arrow(endpoint.name, rows, columns, drift=ctx.drift, evolve=ctx.evolve)
+    run.rows_loaded += table.num_rows
+    # hints as a table variant: dlt starts child variants from the resource's hints, and the
+    # parent's declared columns must not leak into child tables
+    key = () if endpoint.replace_per_project else endpoint.key
+    items = [
+        dlt.mark.with_hints(
+            table,
+            dlt.mark.make_hints(table_name=endpoint.name, columns=dlt_columns(columns, key or ("project_id",))),
+            create_table_variant=True,
+        )
+    ]
+    parent = parent_column(endpoint)
+    for name, child in endpoint.children.items():
+        columns = {"project_id": "bigint", parent: "text", "position": "bigint", **child.columns}
+        values: list[ROW] = []
+        for row in rows:
+            for position, element in enumerate(row.get(name) or ()):
+                value = {child.scalar: element} if child.scalar else dict(element)
+                value.update(project_id=row["project_id"], position=position)
+                value[parent] = row["id"]
+                values.append(value)
+        if not values:
+            continue
+        key = ("project_id", parent, "position")
+        hints = dlt.mark.make_hints(
+            table_name=child_table(endpoint, name),
+            write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+            # a parent's rows are replaced as a whole: list elements have no ids of their own
+            merge_key=["project_id", parent],
+            primary_key=list(key),
+            columns=dlt_columns(columns, key),
+        )
+        arrow = to_arrow(child_table(endpoint, name), values, columns, drift=ctx.drift, evolve=ctx.evolve)
+        items.append(dlt.mark.with_hints(arrow, hints, create_table_variant=True))
+    return table, items
+
+
+def _dedupe(rows: Iterable[ROW], seen: set[Any], key: tuple[str, ...]) -> list[ROW]:
+    fresh = []
+    for row in rows:
+        ident = tuple(row.get(k) for k in key)
+        if ident not in seen:
+            seen.add(ident)
+            fresh.append(row)
+    return fresh
+
+
+def _fetch_details(endpoint: Endpoint, ctx: Context, project_id: int, rows: list[ROW]) -> list[ROW]:
+    """Replace minimal list rows by their full records (group summaries, §7.2)."""
+    full = []
+    for row in rows:
+        try:
+            full.append(ctx.client.get(f"/api/projects/{project_id}/{endpoint.path}/{row['id']}/"))
+        except ResourceUnavailable as error:
+            if error.status != 404:
+                raise
+            logger.info("%s %s vanished while syncing; skipped", endpoint.name, row["id"])
+    return full
+
+
+def _epoch_us(table: pa.Table, column: str) -> list[int | None]:
+    return table.column(column).cast(pa.int64()).to_pylist()
+
+
+def read_date_from(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Iterator[Any]:
+    """Server-side incremental: `date_from` = last cursor minus the lookback, merged on key.
+
+    Recordings that straddle the window's lower edge come back partial with a later start (§7.1).
+    Ids seen near the last edge are kept in state with their start; a row returned with a later start
+    than stored is partial, and is fetched again by `session_ids`, which ignores the window.
+    """
+    run = ctx.report.run(project_id, endpoint.name)
+    cursor = state.get("cursor")
+    lookback_us = int(ctx.lookback.total_seconds() * 1_000_000)
+    date_from = iso(parse_time(cursor) - ctx.lookback) if cursor else ctx.initial_date_from
+    path = f"/api/projects/{project_id}/{endpoint.path}/"
+    params = {**endpoint.params, "date_from": date_from, "limit": ctx.page_size(endpoint)}
+    known: dict[str, int] = state.get("edge", {})
+    edge: dict[str, int] = {}
+    newest_us = int(parse_time(cursor).timestamp() * 1_000_000) if cursor else None
+    previous: set[Any] = set()
+    for rows, _ in ctx.client.pages(path, params, endpoint.paging):
+        run.rows_fetched += len(rows)
+        # offset pages can repeat a row on a boundary; one page back is as far as a shift reaches
+        current: set[Any] = set()
+        rows = [r for r in _dedupe(rows, current, endpoint.primary_key) if (r.get("id"),) not in previous]
+        previous = current
+        if endpoint.detail:
+            rows = _fetch_details(endpoint, ctx, project_id, rows)
+        for row in rows:
+            row["project_id"] = project_id
+        if known and endpoint.partial_at_edge:
+            rows = _complete_partials(endpoint, ctx, project_id, rows, known)
+        table, items = page_items(endpoint, ctx, run, rows)
+        if table is not None and endpoint.cursor:
+            starts = _epoch_us(table, endpoint.cursor)
+            page_max = max((s for s in starts if s is not None), default=None)
+            if page_max is not None and (newest_us is None or page_max > newest_us):
+                newest_us = page_max
+            if endpoint.partial_at_edge and newest_us is not None:
+                ends = _epoch_us(table, "end_time")
+                ids = table.column("id").to_pylist()
+                floor = newest_us - lookback_us - 3_600_000_000
+                for ident, start, end in zip(ids, starts, ends, strict=True):
+                    if start is not None and (end or start) >= floor:
+                        edge[ident] = start
+                edge = {k: v for k, v in edge.items() if v >= floor - 86_400_000_000 * 2}
+        yield from items
+    if newest_us is not None:
+        state["cursor"] = iso(datetime.fromtimestamp(newest_us / 1_000_000, UTC))
+    if endpoint.partial_at_edge:
+        state["edge"] = edge
+
+
+def _complete_partials(
+    endpoint: Endpoint, ctx: Context, project_id: int, rows: list[ROW], known: dict[str, int]
+) -> list[ROW]:
+    partial = []
+    for row in rows:
+        stored = known.get(row["id"])
+        if stored is not None and row.get(endpoint.cursor):
+            start = parse_time(row[endpoint.cursor])
+            if int(start.timestamp() * 1_000_000) > stored:
+                partial.append(row["id"])
+    if not partial:
+        return rows
+    complete: dict[str, ROW] = {}
+    path = f"/api/projects/{project_id}/{endpoint.path}/"
+    for i in range(0, len(partial), 100):
+        ids = partial[i : i + 100]
+        params = {**endpoint.params, "session_ids": orjson.dumps(ids).decode(), "limit": len(ids)}
+        for fetched, _ in ctx.client.pages(path, params, endpoint.paging):
+            complete.update((r["id"], {**r, "project_id": project_id}) for r in fetched)
+    logger.info("%s: re-read %d recordings cut by the window edge", endpoint.name, len(partial))
+    result = []
+    for row in rows:
+        if row["id"] not in complete and row["id"] in partial:
+            continue  # no longer returned whole: the stored complete row stays as it is
+        result.append(complete.get(row["id"], row))
+    return result
+
+
+def read_watermark(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Iterator[Any]:
+    """Client-side incremental for lists with no date filter, newest first (desktop recordings, §7.3).
+
+    Pages until rows are older than the cursor minus the lookback, then re-reads the records that
+    were not final at the last sync, so transcripts and summaries completed later still land.
+    """
+    run = ctx.report.run(project_id, endpoint.name)
+    assert endpoint.cursor
+    cursor = state.get("cursor")
+    threshold = parse_time(cursor) - ctx.lookback if cursor else None
+    newest = parse_time(cursor) if cursor else None
+    path = f"/api/projects/{project_id}/{endpoint.path}/"
+    seen: set[Any] = set()
+    pending: list[str] = []
+
+    def track(rows: list[ROW]) -> list[ROW]:
+        nonlocal newest
+        for row in rows:
+            row["project_id"] = project_id
+            if row.get("status") not in endpoint.final_statuses:
+                pending.append(row["id"])
+            if row.get(endpoint.cursor):
+                started = parse_time(row[endpoint.cursor])
+                newest = started if newest is None or started > newest else newest
+        return rows
+
+    for rows, _ in ctx.client.pages(path, {**endpoint.params, "limit": ctx.page_size(endpoint)}, "drf"):
+        run.rows_fetched += len(rows)
+        recent = [
+            r for r in rows
+            if threshold is None or not r.get(endpoint.cursor) or parse_time(r[endpoint.cursor]) >= threshold
+        ]
+        yield from emit(endpoint, ctx, run, track(_dedupe(recent, seen, endpoint.primary_key)))
+        if len(recent) < len(rows):
+            break  # ordered newest first: everything after this is older still
+    again = [i for i in state.get("pending", []) if (i,) not in seen]
+    refetched = _fetch_details(endpoint, ctx, project_id, [{"id": i} for i in again])
+    run.rows_fetched += len(refetched)
+    yield from emit(endpoint, ctx, run, track(_dedupe(refetched, seen, endpoint.primary_key)))
+    if newest is not None:
+        state["cursor"] = iso(newest)
+    state["pending"] = pending
+
+
+def _scans(endpoint: Endpoint, ctx: Context, project_id: int) -> list[dict[str, Any]]:
+    scans: list[dict[str, Any]] = []
+    for scan in endpoint.scans:
+        if scan.get("type") != "group":
+            scans.append(dict(scan))
+            continue
+        try:
+            types = ctx.client.get(f"/api/projects/{project_id}/groups_types/")
+            indices = sorted({int(t["group_type_index"]) for t in types})
+        except ResourceUnavailable as error:
+            # groups_types needs the group:read scope (§7.5); every valid index still lists
+            logger.warning("groups_types unavailable (%s); listing group indices 0-4", error)
+            indices = list(range(GROUP_TYPES_LIMIT))
+        scans.extend({**scan, "group_type_index": i} for i in indices)
+    return scans
+
+
+def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Iterator[Any]:
+    """Read the whole list every run, once per scan (soft-deleted rows, property types)."""
+    run = ctx.report.run(project_id, endpoint.name)
+    path = f"/api/projects/{project_id}/{endpoint.path}/"
+    rows_by_key: dict[Any, ROW] = {}
+    api_count = 0
+    for scan in _scans(endpoint, ctx, project_id):
+        tags = {k: v for k, v in scan.items() if k in endpoint.scan_tags}
+        seen: set[Any] = set()
+        params = {**endpoint.params, **scan, "limit": ctx.page_size(endpoint)}
+        for page, (rows, body) in enumerate(ctx.client.pages(path, params, endpoint.paging)):
+            if page == 0 and isinstance(body.get("count"), int):
+                api_count += body["count"]
+            run.rows_fetched += len(rows)
+            # virtual property rows repeat on the last page; unordered pages can repeat rows (§7.4-5)
+            for row in _dedupe(rows, seen, ("id",)):
+                row.update(tags, project_id=project_id)
+                rows_by_key[tuple(row.get(k) for k in (*endpoint.scan_tags, *endpoint.primary_key))] = row
+    run.api_count = api_count
+    for start in range(0, len(rows_by_key), 5000):
+        yield from emit(endpoint, ctx, run, list(rows_by_key.values())[start : start + 5000])
+    state["last_full_scan_rows"] = len(rows_by_key)
+
+
+READERS = {"date_from": read_date_from, "watermark": read_watermark, "full": read_full}
+
+
+def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) -> Iterator[Any]:
+    """The body of every resource: read each project with the endpoint's sync mode."""
+    projects = dlt.current.resource_state().setdefault("projects", {})
+    for project_id in project_ids:
+        run = ctx.report.run(project_id, endpoint.name)
+        before = (ctx.client.stats.requests, ctx.client.stats.throttled, ctx.client.stats.retries)
+        try:
+            state = projects.setdefault(str(project_id), {})
+            yield from READERS[endpoint.sync](endpoint, ctx, project_id, state)
+        except ResourceUnavailable as error:
+            run.status, run.reason = "skipped", str(error)
+            logger.warning("%s skipped for project %s: %s", endpoint.name, project_id, error)
+        finally:
+            stats = ctx.client.stats
+            run.requests += stats.requests - before[0]
+            run.throttled += stats.throttled - before[1]
+            run.retries += stats.retries - before[2]
+            ctx.report.finish(project_id, endpoint.name)
+    for table, names in ctx.drift.fields.items():
+        ctx.report.drift.setdefault(table, set()).update(names)

@@ -1,0 +1,78 @@
+"""Fixtures: a fake PostHog on 127.0.0.1 and sync options pointing at it, writing under tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from dlt.common.configuration.container import Container
+from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
+
+from pipelines.runner import SyncOptions, SyncResult, run_sync
+from sources.posthog import ENDPOINTS
+from sources.posthog.fake import FakePostHog
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+PROJECTS = [1, 2]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dlt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep dlt's config lookup and any real key out of the tests."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("POSTHOG_PERSONAL_API_KEY", raising=False)
+    monkeypatch.setenv("RUNTIME__LOG_LEVEL", "ERROR")
+    reload_dlt_config(tmp_path)
+
+
+def reload_dlt_config(folder: Path) -> None:
+    """dlt reads `.dlt/*.toml` of the run dir once per process: point it at `folder` and read again."""
+    Container()[PluggableRunContext].reload(str(folder))
+
+
+@pytest.fixture
+def fake() -> FakePostHog:
+    return FakePostHog(project_ids=PROJECTS, now=NOW, seed=7, recordings=150, desktop_recordings=12, segments=6,
+                       recording_step_s=3000)
+
+
+@pytest.fixture
+def server(fake: FakePostHog) -> Iterator[str]:
+    with fake.serve() as url:
+        yield url
+
+
+@pytest.fixture
+def options(tmp_path: Path, server: str, fake: FakePostHog) -> SyncOptions:
+    return SyncOptions(
+        project_ids=PROJECTS,
+        api_key=fake.api_key,
+        host=server,
+        resources=list(ENDPOINTS),
+        output=str(tmp_path / "out.duckdb"),
+        pipelines_dir=str(tmp_path / "pipelines"),
+        pipeline_name="test_posthog",
+        backoff_s=0.01,
+        # small pages so every listing takes several requests
+        page_sizes={name: 40 for name in ENDPOINTS},
+        quiet=True,
+    )
+
+
+def sync(options: SyncOptions) -> SyncResult:
+    result = run_sync(options)
+    assert result.ok, result.failures
+    return result
+
+
+def query(options: SyncOptions, sql: str) -> list[tuple[Any, ...]]:
+    with duckdb.connect(options.output, read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def requests_to(fake: FakePostHog, resource: str) -> list[Any]:
+    return [r for r in fake.requests if r.path.rstrip("/").endswith(resource)]

@@ -1,0 +1,111 @@
+"""The command line: exit codes, one-line errors, the demo, and flags winning over config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pipelines.cli import main
+from sources.posthog.fake import FakePostHog
+from tests.conftest import reload_dlt_config
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bad_key_exits_1_with_a_clear_line_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, server: str, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("POSTHOG_PERSONAL_API_KEY", "phx_wrong_key_123")
+    output = tmp_path / "bad.duckdb"
+    code, out, err = run_cli(capsys, "sync", "--project-id", "1", "--host", server, "--output", str(output),
+                             "--pipeline-name", "bad_key_test")
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "personal API key" in lines[0] and "region" in lines[0]
+    assert "Traceback" not in err and "phx_wrong_key_123" not in out + err
+    if output.exists():
+        with duckdb.connect(str(output)) as con:
+            tables = con.execute("SELECT table_name FROM information_schema.tables "
+                                 "WHERE table_name NOT LIKE '_dlt%'").fetchall()
+        assert tables == []
+
+
+def test_unknown_project_is_named(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, server: str, fake: FakePostHog,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("POSTHOG_PERSONAL_API_KEY", fake.api_key)
+    code, _, err = run_cli(capsys, "sync", "--project-id", "999", "--host", server, "--output",
+                           str(tmp_path / "x.duckdb"), "--pipeline-name", "unknown_project_test")
+    assert code == 1 and "project 999 not found" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["sync", "--project-id", "1", "--resources", "recordings"], "unknown resource recordings"),
+        (["sync", "--project-id", "abc"], "must be a number"),
+        (["sync", "--project-id", "1", "--lookback-days", "-1"], "zero or more"),
+        (["sync", "--project-id", "1", "--output", "posthog.duckdb"], "equals the dataset name"),
+        (["sync"], "no project id"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, args: list[str], words: str
+) -> None:
+    monkeypatch.setenv("POSTHOG_PERSONAL_API_KEY", "phx_some_key")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert words in err and len(err.strip().splitlines()) == 1
+
+
+def test_sync_without_a_key_says_where_to_put_one(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "sync", "--project-id", "1")
+    assert code == 2
+    assert "POSTHOG_PERSONAL_API_KEY" in err and "secrets.toml" in err
+    assert not Path("posthog_export.duckdb").exists()
+
+
+def test_config_file_supplies_project_and_host_and_flags_win(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, server: str, fake: FakePostHog,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / ".dlt").mkdir()
+    (tmp_path / ".dlt" / "config.toml").write_text(
+        f'[sources.posthog]\nproject_ids = [2]\nhost = "{server}"\n'
+    )
+    (tmp_path / ".dlt" / "secrets.toml").write_text(f'[sources.posthog]\npersonal_api_key = "{fake.api_key}"\n')
+    reload_dlt_config(tmp_path)
+    code, _, err = run_cli(capsys, "sync", "--resources", "subscriptions", "--output", "cfg.duckdb",
+                           "--pipeline-name", "config_test")
+    assert code == 0, err
+    with duckdb.connect("cfg.duckdb") as con:
+        assert con.execute("SELECT DISTINCT project_id FROM posthog.subscriptions").fetchall() == [(2,)]
+    code, _, err = run_cli(capsys, "sync", "--project-id", "1", "--resources", "subscriptions",
+                           "--output", "cfg.duckdb", "--pipeline-name", "config_test")
+    assert code == 0, err
+    with duckdb.connect("cfg.duckdb") as con:
+        assert con.execute("SELECT DISTINCT project_id FROM posthog.subscriptions ORDER BY 1").fetchall() == [
+            (1,), (2,)]
+
+
+def test_demo_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    output = tmp_path / "demo.duckdb"
+    code, out, err = run_cli(capsys, "demo", "--output", str(output))
+    assert code == 0, err
+    assert "Second sync" in out and "Sample query" in out
+    with duckdb.connect(str(output)) as con:
+        counts = dict(con.execute(
+            "SELECT table_name, estimated_size FROM duckdb_tables() WHERE schema_name = 'posthog'"
+        ).fetchall())
+        recordings = con.execute("SELECT count(DISTINCT project_id), count(*), count(DISTINCT (project_id, id)) "
+                                 "FROM posthog.session_recordings").fetchone()
+    assert {"session_recordings", "desktop_recordings__transcript_segments", "property_definitions"} <= set(counts)
+    assert recordings is not None and recordings[0] == 2 and recordings[1] == recordings[2] > 1000

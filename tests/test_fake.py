@@ -1,0 +1,241 @@
+"""Fast tests of the fake PostHog server itself (paging, window edges, errors, clock)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from sources.posthog.fake import FakePostHog
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+KEY = {"Authorization": "Bearer phx_fake_personal_key"}
+
+
+@pytest.fixture
+def fake() -> FakePostHog:
+    return FakePostHog(now=NOW, seed=3, recordings=400, desktop_recordings=10, summaries=12, keyset=True)
+
+
+@pytest.fixture
+def api(fake: FakePostHog) -> Iterator[httpx.Client]:
+    with fake.serve() as url, httpx.Client(base_url=url, headers=KEY) as client:
+        yield client
+
+
+def ts(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def recordings(api: httpx.Client, **params: Any) -> list[dict[str, Any]]:
+    """Every row of a recordings listing, paged by offset until has_next is false."""
+    rows: list[dict[str, Any]] = []
+    while True:
+        body = api.get("/api/projects/1/session_recordings/", params={**params, "offset": len(rows)}).json()
+        rows += body["results"]
+        if not body["has_next"]:
+            return rows
+
+
+def expected_window(fake: FakePostHog, date_from: datetime) -> list[tuple[str, datetime]]:
+    """(id, effective start) from truth(): 15-minute parts starting >= date_from are kept."""
+    out = []
+    for row in fake.truth(1, "session_recordings"):
+        start, end = ts(row["start_time"]), ts(row["end_time"])
+        if start >= date_from:
+            out.append((row["id"], start))
+            continue
+        first = start + timedelta(minutes=15) * -(-(date_from - start) // timedelta(minutes=15))
+        if first < end:
+            out.append((row["id"], first))
+    return sorted(out, key=lambda x: x[1])
+
+
+def test_drf_paging_follows_next_and_keeps_params(fake: FakePostHog, api: httpx.Client) -> None:
+    url = "/api/projects/1/session_group_summaries/"
+    body = api.get(url, params={"limit": 5, "date_from": "-30d"}).json()
+    assert body["count"] == 12 and len(body["results"]) == 5 and body["previous"] is None
+    assert body["next"].startswith("http://127.0.0.1:") and "date_from=-30d" in body["next"]
+    seen = body["results"]
+    while body["next"]:
+        body = httpx.get(body["next"], headers=KEY).json()
+        seen += body["results"]
+    assert body["previous"] is not None
+    created = [ts(r["created_at"]) for r in seen]
+    assert created == sorted(created, reverse=True)
+    assert {r["id"] for r in seen} == {r["id"] for r in fake.truth(1, "session_group_summaries")}
+    assert set(seen[0]) == {"id", "title", "session_count", "created_at", "created_by"}
+    detail = api.get(f"{url}{seen[0]['id']}/").json()
+    assert detail["session_ids"] and detail["team"] == 1
+    # strict created_at bounds
+    cut = seen[3]["created_at"]
+    newer = api.get(url, params={"date_from": cut}).json()
+    assert [r["id"] for r in newer["results"]] == [r["id"] for r in seen[:3]]
+
+
+def test_recordings_defaults_and_body_shape(fake: FakePostHog, api: httpx.Client) -> None:
+    body = api.get("/api/projects/1/session_recordings").json()
+    assert set(body) == {"results", "has_next", "version", "next_cursor"} and body["version"] == 4
+    assert len(body["results"]) == 50 and body["has_next"]
+    starts = [ts(r["start_time"]) for r in body["results"]]
+    assert starts == sorted(starts, reverse=True)  # start_time DESC
+    rows = recordings(api)  # default date_from is -3d
+    assert len(rows) == len(expected_window(fake, NOW - timedelta(days=3)))
+    bad = api.get("/api/projects/1/session_recordings", params={"ordering": "x"})
+    assert bad.status_code == 400 and bad.json()["attr"] == "ordering"
+    both = fake.truth(1, "session_recordings") + fake.truth(2, "session_recordings")
+    assert len(both) == len({r["id"] for r in both}) == 800
+
+
+def test_window_edge_rows_are_partial_and_ordered(fake: FakePostHog, api: httpx.Client) -> None:
+    date_from = NOW - timedelta(hours=40, minutes=7)
+    date_to = NOW - timedelta(hours=5)
+    params = {"date_from": date_from.isoformat(), "order": "start_time", "order_direction": "ASC",
+              "limit": 17}
+    rows = recordings(api, **params)
+    assert [(r["id"], ts(r["start_time"])) for r in rows] == expected_window(fake, date_from)
+    truth = {r["id"]: r for r in fake.truth(1, "session_recordings")}
+    partial = [r for r in rows if r["start_time"] != truth[r["id"]]["start_time"]]
+    assert partial, "some sessions should cross the lower edge"
+    for row in partial:
+        full = truth[row["id"]]
+        assert ts(row["start_time"]) >= date_from > ts(full["start_time"])
+        assert row["end_time"] == full["end_time"]
+        assert row["recording_duration"] < full["recording_duration"]
+        assert row["click_count"] <= full["click_count"]
+    by_id = api.get("/api/projects/1/session_recordings/",
+                    params={"session_ids": json.dumps([r["id"] for r in partial])}).json()["results"]
+    assert sorted(by_id, key=lambda r: r["id"]) == sorted((truth[r["id"]] for r in partial),
+                                                          key=lambda r: r["id"])
+    # date_to bounds the effective start; DESC is the exact reverse; keyset pages agree with offsets
+    bounded = recordings(api, **params, date_to=date_to.isoformat())
+    assert bounded == [r for r in rows if ts(r["start_time"]) <= date_to]
+    desc = recordings(api, **{**params, "order_direction": "DESC"}, date_to=date_to.isoformat())
+    assert [r["id"] for r in desc] == [r["id"] for r in reversed(bounded)]
+    keyset, after = [], None
+    while True:
+        body = api.get("/api/projects/1/session_recordings/",
+                       params={**params, **({"after": after} if after else {})}).json()
+        keyset += body["results"]
+        if not body["has_next"]:
+            break
+        after = body["next_cursor"]
+    assert keyset == rows
+
+
+def test_advance_grows_ongoing_recordings_and_adds_new_rows(fake: FakePostHog, api: httpx.Client) -> None:
+    before = {r["id"]: r for r in fake.truth(1, "session_recordings")}
+    ongoing = [r for r in before.values() if r["ongoing"]]
+    desk = {r["id"]: r for r in fake.truth(1, "desktop_recordings")}
+    assert ongoing and any(r["status"] in ("recording", "processing") for r in desk.values())
+    fake.advance(3 * 3600)
+    after = {r["id"]: r for r in fake.truth(1, "session_recordings")}
+    assert len(after) == len(before) + 18 and fake.now == NOW + timedelta(hours=3)
+    assert any(after[r["id"]]["recording_duration"] > r["recording_duration"] for r in ongoing)
+    assert all(not r["ongoing"] for r in after.values() if r["id"] in before and ts(r["end_time"]) < fake.now
+               - timedelta(minutes=5))
+    recording = next(r for r in desk.values() if r["status"] == "recording")
+    later = api.get(f"/api/projects/1/desktop_recordings/{recording['id']}/").json()
+    assert len(later["transcript_segments"]) > len(recording["transcript_segments"])
+    assert later["status"] in ("ready", "error") and later["updated_at"] > recording["updated_at"]
+    grown = later["transcript_segments"]
+    assert grown[:len(recording["transcript_segments"])] == recording["transcript_segments"]
+    assert len(fake.truth(1, "session_group_summaries")) > 12
+
+
+def test_property_definitions_virtual_rows(fake: FakePostHog, api: httpx.Client) -> None:
+    url = "/api/projects/1/property_definitions/"
+    real = [r for r in fake.truth(1, "property_definitions")
+            if r["type"] == "person" and not r.get("virtual")]
+    first = api.get(url, params={"type": "person", "limit": 10}).json()
+    assert first["count"] == len(real) + 3 and len(first["results"]) == 10 and first["next"]
+    last = httpx.get(first["next"], headers=KEY).json()
+    assert last["next"] is None and len(last["results"]) == len(real) - 10 + 3
+    assert [r["id"] for r in last["results"][-3:]] == [f"$builtin_{r['name']}" for r in last["results"][-3:]]
+    again = api.get(url, params={"type": "person", "limit": 10, "offset": 20}).json()
+    assert [r["id"] for r in again["results"]] == [r["id"] for r in last["results"][-3:]]
+    names = [r["name"] for r in first["results"]]
+    assert names == sorted(names) and "type" not in first["results"][0]
+    assert api.get(url, params={"type": "group"}).json()["attr"] == "group_type_index"
+    assert api.get(url, params={"group_type_index": 0}).status_code == 400
+    assert api.get(url, params={"type": "group", "group_type_index": 4}).json()["count"] == 0
+    assert len(api.get("/api/projects/1/groups_types/").json()) == 2
+    fake.remove_property_definition(1, "person", real[0]["name"])
+    assert api.get(url, params={"type": "person"}).json()["count"] == len(real) + 2
+
+
+def test_subscriptions_soft_delete_and_drift(fake: FakePostHog, api: httpx.Client) -> None:
+    url = "/api/projects/2/subscriptions/"
+    live, gone = api.get(url).json(), api.get(url, params={"deleted": "true"}).json()
+    assert live["count"] + gone["count"] == len(fake.truth(2, "subscriptions")) and gone["count"] > 0
+    new_id = fake.add_subscription(2)
+    fake.soft_delete_subscription(2, live["results"][-1]["id"])
+    fake.add_field("subscriptions", "content_type", "insight")
+    fake.set_field("subscriptions", "interval", "1")
+    rows = api.get(url).json()["results"]
+    assert rows[0]["id"] == new_id and rows[0]["content_type"] == "insight" and rows[0]["interval"] == "1"
+    assert live["results"][-1]["id"] not in {r["id"] for r in rows}
+    assert api.get(f"{url}{new_id}/").json()["content_type"] == "insight"
+
+
+def test_error_bodies(fake: FakePostHog, api: httpx.Client) -> None:
+    none = httpx.get(f"{api.base_url}/api/projects/")
+    assert none.status_code == 401 and none.json()["code"] == "not_authenticated"
+    bad = httpx.get(f"{api.base_url}/api/projects/", headers={"Authorization": "Bearer phc_project_token"})
+    assert bad.status_code == 401 and bad.json()["code"] == "authentication_failed"
+    assert api.get("/api/projects/99/subscriptions/").json()["detail"] == "Project not found."
+    assert api.get("/api/projects/abc/").json()["detail"] == "Project not found."
+    assert api.get("/api/nothing/").json() == {"type": "invalid_request", "code": "not_found",
+                                               "detail": "Not found.", "attr": None}
+    assert api.get("/api/projects/1/session_recordings/nope/").json()["detail"] == "Recording not found"
+    fake.inject("session_recordings", 429, times=2, wait_s=37)
+    fake.inject("/subscriptions", 429)
+    fake.inject("session_recordings", 500)
+    for _ in range(2):
+        r = api.get("/api/projects/1/session_recordings/")
+        assert r.status_code == 429 and "Retry-After" not in r.headers
+        assert r.json()["detail"] == "Rate limit exceeded. Expected available in 37 seconds."
+    assert api.get("/api/projects/1/subscriptions/").json()["detail"] == \
+        "Request was throttled. Expected available in 1 seconds."
+    assert api.get("/api/projects/1/session_recordings/").json() == {
+        "error": "An internal server error occurred. Please try again later."}
+    assert api.get("/api/projects/1/session_recordings/").status_code == 200
+    fake.disable(1, "subscriptions", 402)
+    fake.disable(1, "desktop_recordings", 403)
+    paid = api.get("/api/projects/1/subscriptions/")
+    assert paid.status_code == 402 and paid.json()["code"] == "payment_required"
+    assert api.get("/api/projects/1/desktop_recordings/").json()["detail"] == \
+        "API key missing required scope 'desktop_recording:read'"
+    assert api.get("/api/projects/2/subscriptions/").status_code == 200
+    statuses = [(r.status, r.authorized) for r in fake.requests[:2]]
+    assert statuses == [(401, False), (401, False)]
+    assert fake.requests[-1].params == {} and fake.requests[-1].path == "/api/projects/2/subscriptions/"
+
+
+def test_deterministic_and_lazy() -> None:
+    a = FakePostHog(now=NOW, seed=5, recordings=1_000_000, recording_step_s=30)
+    b = FakePostHog(now=NOW, seed=5, recordings=1_000_000, recording_step_s=30)
+    status, body = a._recordings(1, {"date_from": "-1d", "limit": "2000"})
+    assert status == 200 and len(body["results"]) == 2000 and body["has_next"]
+    assert body == b._recordings(1, {"date_from": "-1d", "limit": "2000"})[1]
+    assert a.truth(1, "desktop_recordings") == b.truth(1, "desktop_recordings")
+    other = FakePostHog(now=NOW, seed=6, recordings=1_000_000, recording_step_s=30)
+    assert other._recordings(1, {"limit": "1"})[1]["results"][0]["id"] != body["results"][0]["id"]
+
+
+def test_big_pages_are_streamed_and_equal_small_pages() -> None:
+    fake = FakePostHog(now=NOW, seed=2, recordings=1_000_000, recording_step_s=30, keyset=True)
+    with fake.serve() as url, httpx.Client(base_url=url, headers=KEY) as api:
+        for direction in ("ASC", "DESC"):
+            params = {"date_from": "-2d", "order_direction": direction}
+            big = api.get("/api/projects/1/session_recordings/", params={**params, "limit": 4800})
+            assert big.headers["transfer-encoding"] == "chunked"
+            small = [api.get("/api/projects/1/session_recordings/",
+                             params={**params, "limit": 2400, "offset": k * 2400}).json() for k in range(2)]
+            assert "content-length" in api.get("/api/projects/1/session_recordings/", params=params).headers
+            assert big.json()["results"] == [r for page in small for r in page["results"]]
+            assert big.json()["next_cursor"] and big.json()["has_next"] is True
