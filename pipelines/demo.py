@@ -60,5 +60,6 @@ def run_demo(output: Path) -> bool:
         echo(f"\nSample query:\n{SAMPLE_QUERY}\n")
         cursor = con.execute(SAMPLE_QUERY)
         print_table([d[0] for d in cursor.description], cursor.fetchall())
-    echo(f"\nExplore it yourself: duckdb {output}   (or python -c \"import duckdb; ...\")")
+    echo(f"\nExplore it yourself, e.g.: python -c \"import duckdb; print(duckdb.connect('{output}')"
+         ".sql('FROM posthog.subscriptions LIMIT 5'))\"")
     return True

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipelines.runner import SyncOptions
+from pipelines.runner import SyncOptions, run_sync
 from sources.posthog import ENDPOINTS
 from sources.posthog.fake import FakePostHog
 from sources.posthog.sync import parse_time
 
-from .conftest import PROJECTS, query, requests_to, sync
+from .conftest import NOW, PROJECTS, query, requests_to, sync
 
 COMPARED = {
     "session_recordings": ["id", "start_time", "end_time", "recording_duration", "click_count", "ongoing",
@@ -243,3 +244,51 @@ def test_full_refresh_rebuilds_the_selected_tables(fake: FakePostHog, options: S
     assert dates == {options.initial_date_from}
     assert landed_rows(options, "session_recordings") == truth_rows(fake, "session_recordings")
     assert landed_rows(options, "subscriptions") == truth_rows(fake, "subscriptions")
+
+
+def test_new_fields_are_reported_not_loaded_unless_evolving(fake: FakePostHog, options: SyncOptions) -> None:
+    options.resources = ["subscriptions"]
+    fake.add_field("subscriptions", "ai_config", {"model": "gpt"})
+    result = sync(options)
+    assert result.report.drift == {"subscriptions": {"ai_config"}}
+    columns_sql = "SELECT column_name FROM information_schema.columns WHERE table_name = 'subscriptions'"
+    assert ("ai_config",) not in query(options, columns_sql)
+    options.evolve = True
+    sync(options)
+    assert ("ai_config",) in query(options, columns_sql)
+    assert query(options, "SELECT DISTINCT ai_config::VARCHAR FROM posthog.subscriptions") == [('{"model":"gpt"}',)]
+
+
+def test_a_type_contradiction_fails_that_table_only_and_loads_nothing_of_it(
+    fake: FakePostHog, options: SyncOptions
+) -> None:
+    options.resources = ["subscriptions", "property_definitions"]
+    sync(options)
+    before = landed_rows(options, "subscriptions")
+    fake.soft_delete_subscription(1, next(s["id"] for s in fake.truth(1, "subscriptions") if not s["deleted"]))
+    fake.set_field("subscriptions", "interval", "every other week")
+    fake.remove_property_definition(2, "event", fake.truth(2, "property_definitions")[0]["name"])
+
+    result = run_sync(options)
+
+    assert not result.ok
+    message = result.failures["subscriptions"]
+    assert "subscriptions.interval" in message and "bigint" in message and "str" in message
+    assert landed_rows(options, "subscriptions") == before  # the soft delete did not half-land
+    assert landed_rows(options, "property_definitions") == truth_rows(fake, "property_definitions")
+
+
+def test_recordings_expired_in_posthog_stay_in_the_destination(tmp_path: Path, options: SyncOptions) -> None:
+    fake = FakePostHog(project_ids=PROJECTS, now=NOW, seed=3, recordings=100, recording_step_s=3000,
+                       retention_days=4)
+    with fake.serve() as url:
+        options.host, options.resources = url, ["session_recordings"]
+        sync(options)
+        first = landed_rows(options, "session_recordings")
+        fake.advance(86400)
+        sync(options)
+    ids_now = {r["id"] for p in PROJECTS for r in fake.truth(p, "session_recordings")}
+    expired = {row[1] for row in first} - ids_now
+    assert expired, "some recordings should have expired in the fake"
+    landed_ids = {row[1] for row in landed_rows(options, "session_recordings")}
+    assert expired <= landed_ids and ids_now <= landed_ids

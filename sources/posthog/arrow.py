@@ -108,11 +108,15 @@ def to_arrow(
     *,
     drift: Drift,
     evolve: bool = False,
+    elsewhere: Iterable[str] = (),
 ) -> pa.Table:
-    """Build one Arrow table with exactly the declared columns (plus new ones when evolving)."""
+    """Build one Arrow table with exactly the declared columns (plus new ones when evolving).
+
+    `elsewhere` names fields that land in other tables (child lists), so they are not new fields.
+    """
     arrays = [_column(table, name, [r.get(name) for r in rows], ct) for name, ct in columns.items()]
     names = list(columns)
-    unknown = set().union(*map(dict.keys, rows)) - columns.keys() if rows else set()
+    unknown = set().union(*map(dict.keys, rows)) - columns.keys() - set(elsewhere) if rows else set()
     if unknown:
         drift.add(table, unknown)
         if evolve:

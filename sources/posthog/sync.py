@@ -78,7 +78,9 @@ def page_items(
     if not rows:
         return None, []
     columns = {"project_id": "bigint", **endpoint.columns}
-    table = to_arrow(endpoint.name, rows, columns, drift=ctx.drift, evolve=ctx.evolve)
+    table = to_arrow(
+        endpoint.name, rows, columns, drift=ctx.drift, evolve=ctx.evolve, elsewhere=endpoint.children
+    )
     run.rows_loaded += table.num_rows
     # hints as a table variant: dlt starts child variants from the resource's hints, and the
     # parent's declared columns must not leak into child tables
