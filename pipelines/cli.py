@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sources.posthog import ENDPOINTS, resolve_api_key
 from sources.posthog.client import REGION_HOSTS, normalize_host
@@ -18,6 +19,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_OUTPUT = "posthog_export.duckdb"
 DEFAULT_PARQUET_OUTPUT = "posthog_export_parquet"
 DEMO_OUTPUT = "posthog_demo.duckdb"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--schema-contract", choices=["freeze", "evolve"], default="freeze",
                       help="freeze: new PostHog fields are reported, not loaded (default); evolve: add them")
     sync.add_argument("--pipeline-name", default="posthog", help="dlt pipeline name (default posthog)")
+    sync.add_argument("--rate-limit-plan", choices=["free", "paid", "enterprise", "none"],
+                      help="PostHog plan whose rate limits to pace by (default free, the strictest)")
+    sync.add_argument("--max-wait-minutes", type=_positive,
+                      help="longest wait for the rate budget before stopping cleanly (default 60)")
+    sync.add_argument("--strict", action="store_true",
+                      help="exit 1 on skipped or unfinished resources and on count mismatches too")
+    sync.add_argument("--allow-insecure-http", action="store_true",
+                      help="allow a plain http:// host that is not loopback (the key travels in clear text)")
     sync.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
     demo = commands.add_parser("demo", help="sync the built-in fake PostHog into a local DuckDB file")
     demo.add_argument("--output", default=DEMO_OUTPUT, help=f"DuckDB file (default {DEMO_OUTPUT})")
@@ -107,6 +117,14 @@ def sync_options(args: argparse.Namespace) -> SyncOptions:
             "Settings → Personal API keys"
         )
     host = normalize_host(str(args.host or _config("host") or REGION_HOSTS["us"]))
+    url = urlsplit(host)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise UsageError(f"--host {host!r} is not a URL: use us, eu or https://your-posthog.example.com")
+    if url.scheme == "http" and url.hostname not in LOOPBACK and not args.allow_insecure_http:
+        raise UsageError(
+            f"refusing plain http:// for {url.hostname}: the key would travel in clear text; use https:// "
+            "or pass --allow-insecure-http"
+        )
     output = args.output or (DEFAULT_PARQUET_OUTPUT if args.destination == "parquet" else DEFAULT_OUTPUT)
     lookback = args.lookback_days if args.lookback_days is not None else _config("lookback_days")
     return SyncOptions(
@@ -121,13 +139,19 @@ def sync_options(args: argparse.Namespace) -> SyncOptions:
         lookback_days=float(lookback) if lookback is not None else 1.0,
         evolve=args.schema_contract == "evolve",
         pipeline_name=args.pipeline_name,
+        rate_limit_plan=str(args.rate_limit_plan or _config("rate_limit_plan") or "free"),
+        rate_limits=dict(_config("rate_limits") or {}),
+        max_wait_s=60 * float(args.max_wait_minutes if args.max_wait_minutes is not None else 60),
+        strict=args.strict,
     )
 
 
 def _sync(args: argparse.Namespace) -> int:
     options = sync_options(args)
     result = run_sync(options)
-    return EXIT_OK if result.ok else EXIT_FAILED
+    if not result.ok or (options.strict and result.warnings()):
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _demo(args: argparse.Namespace) -> int:

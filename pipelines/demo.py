@@ -36,6 +36,7 @@ def run_demo(output: Path) -> bool:
             pipeline_name="posthog_demo",
             pipelines_dir=pipelines_dir,
             full_refresh=True,
+            rate_limit_plan="none",  # the fake does not throttle
         )
         echo(f"Demo: syncing fake PostHog projects {DEMO_PROJECTS} from {url} into {output}")
         echo("\nFirst sync (all history):")

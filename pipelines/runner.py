@@ -15,10 +15,12 @@ from sources.posthog import ENDPOINTS, PostHogClient, SyncReport, posthog_source
 from sources.posthog.arrow import SchemaViolation, dlt_columns
 from sources.posthog.client import AuthError, PostHogError, ProjectNotFound
 from sources.posthog.endpoints import ColumnType as TColumnType
+from sources.posthog.pacing import Pacer
 from sources.posthog.sync import child_table, parent_column
 
 from .output import echo, print_table
 from .parquet import compact_table
+from .views import create_views
 
 logger = logging.getLogger("posthog_export")
 
@@ -47,6 +49,10 @@ class SyncOptions:
     page_sizes: dict[str, int] = field(default_factory=dict)
     max_attempts: int = 6
     backoff_s: float = 1.0
+    rate_limit_plan: str = "free"
+    rate_limits: dict[str, list[int]] = field(default_factory=dict)
+    max_wait_s: float = 3600.0
+    strict: bool = False
     quiet: bool = False
 
 
@@ -62,6 +68,17 @@ class SyncResult:
     def ok(self) -> bool:
         """True when every resource finished (skips are warnings, not failures)."""
         return not self.failures
+
+    def warnings(self) -> list[str]:
+        """Skipped or unfinished resources and counts that disagree with PostHog's (fail `--strict`)."""
+        found = []
+        for run in self.report.runs.values():
+            where = f"{run.resource} project {run.project_id}"
+            if run.status in ("skipped", "incomplete"):
+                found.append(f"{where} {run.status}: {run.reason}")
+            elif run.api_count is not None and run.api_count != run.rows_loaded:
+                found.append(f"{where}: PostHog counted {run.api_count} rows, {run.rows_loaded} were loaded")
+        return found
 
 
 def _destination(options: SyncOptions) -> tuple[Any, str | None]:
@@ -113,7 +130,12 @@ def _compact(options: SyncOptions, resource: str) -> None:
 def make_client(options: SyncOptions, transport: httpx.BaseTransport | None = None) -> PostHogClient:
     """The run's one PostHog client, shared by every resource and project."""
     return PostHogClient(
-        options.host, options.api_key, max_attempts=options.max_attempts, backoff_s=options.backoff_s,
+        options.host,
+        options.api_key,
+        max_attempts=options.max_attempts,
+        backoff_s=options.backoff_s,
+        max_wait_s=options.max_wait_s,
+        pacer=Pacer(options.rate_limit_plan, options.rate_limits),
         transport=transport,
     )
 
@@ -126,7 +148,10 @@ def run_sync(options: SyncOptions, *, transport: httpx.BaseTransport | None = No
     """
     destination, file_format = _destination(options)
     report = SyncReport()
-    client = make_client(options, transport)
+    try:
+        client = make_client(options, transport)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     pipeline = dlt.pipeline(
         options.pipeline_name,
         destination=destination,
@@ -164,12 +189,14 @@ def run_sync(options: SyncOptions, *, transport: httpx.BaseTransport | None = No
                 logger.error("%s failed: %s", resource, failures[resource])
                 continue
             _compact(options, resource)
+        create_views(pipeline)  # BI views (pipelines/views.py); none on Parquet/filesystem
         _load_report(pipeline, report, file_format)
     finally:
         client.close()
+    result = SyncResult(report=report, failures=failures, pipeline=pipeline)
     if not options.quiet:
-        print_summary(report, failures, options)
-    return SyncResult(report=report, failures=failures, pipeline=pipeline)
+        print_summary(result, options)
+    return result
 
 
 REPORT_COLUMNS: dict[str, TColumnType] = {
@@ -198,8 +225,9 @@ def _load_report(pipeline: Any, report: SyncReport, file_format: str | None) -> 
         pipeline.run(table, loader_file_format=file_format)
 
 
-def print_summary(report: SyncReport, failures: dict[str, str], options: SyncOptions) -> None:
+def print_summary(result: SyncResult, options: SyncOptions) -> None:
     """Print per project and resource what was fetched and loaded, then skips, drift and failures."""
+    report = result.report
     rows = [
         (r.project_id, r.resource, r.rows_fetched, r.rows_loaded, r.requests, r.throttled, r.retries,
          round(r.duration_s, 1), r.status)
@@ -208,9 +236,8 @@ def print_summary(report: SyncReport, failures: dict[str, str], options: SyncOpt
     print_table(
         ["project", "resource", "fetched", "loaded", "requests", "429s", "retries", "seconds", "status"], rows
     )
-    for r in report.runs.values():
-        if r.status == "skipped":
-            echo(f"warning: {r.resource} skipped for project {r.project_id}: {r.reason}", err=True)
+    for warning in result.warnings():
+        echo(f"warning: {warning}", err=True)
     for table, names in sorted(report.drift.items()):
         for name in sorted(names):
             if options.evolve:
@@ -220,5 +247,5 @@ def print_summary(report: SyncReport, failures: dict[str, str], options: SyncOpt
                     f"PostHog added field {name} to {table}; not loaded; use `--schema-contract evolve` "
                     "to add it"
                 )
-    for resource, message in failures.items():
+    for resource, message in result.failures.items():
         echo(f"error: {resource} failed: {message}", err=True)

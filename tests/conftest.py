@@ -57,6 +57,7 @@ def options(tmp_path: Path, server: str, fake: FakePostHog) -> SyncOptions:
         pipelines_dir=str(tmp_path / "pipelines"),
         pipeline_name="test_posthog",
         backoff_s=0.01,
+        rate_limit_plan="none",
         # small pages so every listing takes several requests
         page_sizes={name: 40 for name in ENDPOINTS},
         quiet=True,

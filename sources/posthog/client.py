@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -19,11 +20,15 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from .pacing import Pacer
+
 logger = logging.getLogger("posthog_export")
 
 REGION_HOSTS = {"us": "https://us.posthog.com", "eu": "https://eu.posthog.com"}
 # PostHog sends the wait only in the 429 body, never as Retry-After (shared/posthog-api.md §4).
 _WAIT_RE = re.compile(r"available in (\d+) second", re.IGNORECASE)
+_SCOPE_RE = re.compile(r"scope '([\w:*]+)'")
+MIN_PAGE = 100
 
 
 class PostHogError(Exception):
@@ -50,6 +55,18 @@ class PagingError(PostHogError):
     """The server's paging signals contradict each other; stopping beats looping or losing rows."""
 
 
+class NotPostHog(PostHogError):
+    """The host answered, but not like PostHog's API (an HTML page), or could not be found at all."""
+
+
+class BudgetExhausted(PostHogError):
+    """The rate budget needs a longer wait than allowed: stop cleanly, keep what was loaded."""
+
+
+class QueryTimeout(PostHogError):
+    """PostHog's recordings query ran out of time (429 without a wait, §6): ask for smaller pages."""
+
+
 class TransientError(Exception):
     """A failure worth retrying (429, 5xx, connection trouble, a broken body)."""
 
@@ -66,6 +83,7 @@ class ClientStats:
     throttled: int = 0
     retries: int = 0
     waited_s: float = 0.0
+    paced_s: float = 0.0
     by_path: dict[str, int] = field(default_factory=dict)
 
 
@@ -91,8 +109,10 @@ class PostHogClient:
         host: PostHog base URL (`us`/`eu` shortcuts allowed).
         api_key: a personal API key (`phx_…`).
         max_attempts: attempts per request before a transient failure becomes an error.
-        max_wait_s: longest single wait on a 429 before giving up.
+        max_wait_s: longest single wait (a 429's stated wait, or pacing) before stopping cleanly.
+        pacer: the key's rate budget (`Pacer`); shared by everything this client does.
         transport: an httpx transport, for tests.
+        clock, sleep: time functions, replaceable in tests.
     """
 
     def __init__(
@@ -104,11 +124,18 @@ class PostHogClient:
         max_wait_s: float = 900.0,
         backoff_s: float = 1.0,
         timeout_s: float = 120.0,
+        pacer: Pacer | None = None,
         transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.host = normalize_host(host)
         self.max_wait_s = max_wait_s
+        self.max_attempts = max_attempts
+        self.pacer = pacer or Pacer("none")
         self.stats = ClientStats()
+        self._clock, self._sleep = clock, sleep
+        self._project_token = api_key.startswith("phc_")
         # recordings queries may run 60 s server-side (§6): the read timeout must exceed that
         self._http = httpx.Client(
             base_url=self.host,
@@ -122,6 +149,7 @@ class PostHogClient:
             stop=stop_after_attempt(max_attempts),
             wait=self._wait,
             before_sleep=self._before_sleep,
+            sleep=sleep,
             reraise=True,
         )
         self._backoff = wait_exponential_jitter(multiplier=backoff_s, max=60.0, jitter=backoff_s)
@@ -147,34 +175,69 @@ class PostHogClient:
         """GET a path under the host and return the decoded JSON body, retrying transient failures."""
         return self._retrying(self._get_once, path, dict(params or {}))
 
+    def _pace(self, path: str) -> None:
+        wait, window = self.pacer.wait(path, self._clock())
+        if wait > 0:
+            resource = _resource(path)
+            limit = f"{resource}: {window.name if window else ''} request limit reached"
+            if wait > self.max_wait_s:
+                raise BudgetExhausted(
+                    f"{limit}; the next request is allowed in {_duration(wait)}, more than the "
+                    f"{_duration(self.max_wait_s)} --max-wait: stopped, rerun later to continue"
+                )
+            if wait >= 30:
+                logger.warning("%s, waiting %s", limit, _duration(wait))
+            self._sleep(wait)
+            self.stats.paced_s += wait
+        self.pacer.take(path, self._clock())
+
     def _get_once(self, path: str, params: dict[str, Any]) -> Any:
+        self._pace(path)
         self.stats.requests += 1
         self.stats.by_path[path] = self.stats.by_path.get(path, 0) + 1
+        where = f"GET {path}" + (f"?{httpx.QueryParams(params)}" if params else "")
         try:
             response = self._http.get(path, params=params)
+        except httpx.ConnectError as error:
+            if "name or service not known" in str(error).lower() or "nodename nor servname" in str(error):
+                raise NotPostHog(f"cannot find host {self.host} (DNS lookup failed): check --host") from error
+            raise TransientError(f"{where}: {type(error).__name__}: {error}") from error
         except (httpx.TransportError, httpx.DecodingError) as error:
-            raise TransientError(f"GET {path}: {type(error).__name__}: {error}") from error
+            raise TransientError(f"{where}: {type(error).__name__}: {error}") from error
         status = response.status_code
+        html = "html" in response.headers.get("content-type", "")
+        if html and status < 500:
+            raise NotPostHog(
+                f"{self.host} answered {where} with an HTML page (HTTP {status}), not PostHog's API: "
+                "check --host (us, eu or your PostHog URL)"
+            )
         if status == 200:
             try:
                 return orjson.loads(response.content)
             except orjson.JSONDecodeError as error:
-                raise TransientError(f"GET {path}: invalid JSON in the response") from error
+                raise TransientError(f"{where}: invalid or truncated JSON in the response") from error
         detail = _detail(response)
         if status == 429:
             self.stats.throttled += 1
             match = _WAIT_RE.search(detail)
             header = response.headers.get("Retry-After", "")
             wait = float(match.group(1)) if match else float(header) if header.isdigit() else None
+            if wait is None and "timeout" in detail.lower() and int(params.get("limit", 0)) > MIN_PAGE:
+                raise QueryTimeout(f"{where}: {detail}")
             if wait is not None and wait > self.max_wait_s:
-                raise PostHogError(
-                    f"GET {path}: rate limited for {wait:.0f} s, more than the allowed "
-                    f"{self.max_wait_s:.0f} s wait; rerun later to continue"
+                raise BudgetExhausted(
+                    f"{_resource(path)}: rate limited for {_duration(wait)}, more than the "
+                    f"{_duration(self.max_wait_s)} --max-wait: stopped, rerun later to continue"
                 )
             # +1 s: PostHog rounds the wait, and coming back a moment early costs another 429
-            raise TransientError(f"GET {path}: 429 {detail}", None if wait is None else wait + 1)
+            raise TransientError(f"{where}: 429 {detail}", None if wait is None else wait + 1)
         if status >= 500:
-            raise TransientError(f"GET {path}: HTTP {status} {detail[:120]}")
+            raise TransientError(f"{where}: HTTP {status} {detail[:120]}")
+        if status == 401 and self._project_token:
+            raise AuthError(
+                "the key is a project API key (phc_…), which can only send events: create a personal "
+                "API key (Settings → Personal API keys, phx_…) and use that"
+            )
         if status == 401:
             raise AuthError(
                 f"PostHog rejected the personal API key for {self.host} (401: {detail}). Keys are per "
@@ -185,9 +248,14 @@ class PostHogClient:
             raise ProjectNotFound(
                 f"project {project} not found on {self.host}: check --project-id and the host/region"
             )
+        if status == 403 and (scope := _SCOPE_RE.search(detail)):
+            raise ResourceUnavailable(
+                f"the key lacks the scope {scope.group(1)}: add it to the personal API key (403)", status
+            )
         if status in (402, 403, 404):
-            raise ResourceUnavailable(f"GET {path}: HTTP {status} {detail}", status)
-        raise PostHogError(f"GET {path}: HTTP {status} {detail}")
+            why = {402: "not on this PostHog plan", 403: "forbidden", 404: "not on this PostHog version"}
+            raise ResourceUnavailable(f"{why[status]} (HTTP {status}: {detail})", status)
+        raise PostHogError(f"{where}: HTTP {status} {detail}")
 
     def pages(
         self, path: str, params: Mapping[str, Any], paging: str
@@ -201,7 +269,13 @@ class PostHogClient:
         pages_read: set[frozenset[tuple[str, str]]] = set()
         while True:
             pages_read.add(_page_id(params))
-            body = self.get(path, params)
+            try:
+                body = self.get(path, params)
+            except QueryTimeout as error:
+                # a page too big to finish within PostHog's 60 s query limit: ask for half (§6)
+                params["limit"] = max(MIN_PAGE, int(params["limit"]) // 2)
+                logger.warning("%s; retrying with pages of %d", error, params["limit"])
+                continue
             if not isinstance(body, dict) or not isinstance(body.get("results"), list):
                 raise PagingError(f"GET {path}: the response has no `results` list")
             rows: list[dict[str, Any]] = body["results"]
@@ -228,6 +302,15 @@ class PostHogClient:
                     return
                 following = {**params, "offset": int(params.get("offset", 0)) + len(rows)}
             params = following
+
+
+def _resource(path: str) -> str:
+    parts = [p for p in path.split("/") if p]
+    return parts[3] if len(parts) > 3 else path
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def _page_id(params: Mapping[str, Any]) -> frozenset[tuple[str, str]]:

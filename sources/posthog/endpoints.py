@@ -61,6 +61,11 @@ class Endpoint:
     partial_at_edge: bool = False
 
     @property
+    def ascending(self) -> bool:
+        """Whether the list comes oldest first, so a stopped scan may keep its cursor."""
+        return self.params.get("order_direction") == "ASC"
+
+    @property
     def key(self) -> tuple[str, ...]:
         """The table's primary key: every key starts with project_id."""
         return ("project_id", *self.primary_key)

@@ -18,7 +18,7 @@ import orjson
 import pyarrow as pa
 
 from .arrow import Drift, dlt_columns, to_arrow
-from .client import PostHogClient, ResourceUnavailable
+from .client import BudgetExhausted, PostHogClient, PostHogError, ResourceUnavailable, TransientError
 from .endpoints import Endpoint
 from .report import ResourceRun, SyncReport
 
@@ -145,6 +145,14 @@ def _epoch_us(table: pa.Table, column: str) -> list[int | None]:
     return table.column(column).cast(pa.int64()).to_pylist()
 
 
+@dataclass
+class _Window:
+    """Progress through one date window: the newest cursor value handed to dlt, and edge ids."""
+
+    newest_us: int | None
+    edge: dict[str, int] = field(default_factory=dict)
+
+
 def read_date_from(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Iterator[Any]:
     """Server-side incremental: `date_from` = last cursor minus the lookback, merged on key.
 
@@ -154,15 +162,39 @@ def read_date_from(endpoint: Endpoint, ctx: Context, project_id: int, state: dic
     """
     run = ctx.report.run(project_id, endpoint.name)
     cursor = state.get("cursor")
-    lookback_us = int(ctx.lookback.total_seconds() * 1_000_000)
     date_from = iso(parse_time(cursor) - ctx.lookback) if cursor else ctx.initial_date_from
-    path = f"/api/projects/{project_id}/{endpoint.path}/"
     params = {**endpoint.params, "date_from": date_from, "limit": ctx.page_size(endpoint)}
     known: dict[str, int] = state.get("edge", {})
-    edge: dict[str, int] = {}
-    newest_us = int(parse_time(cursor).timestamp() * 1_000_000) if cursor else None
+    window = _Window(int(parse_time(cursor).timestamp() * 1_000_000) if cursor else None)
+    try:
+        yield from _read_window(endpoint, ctx, project_id, params, known, window)
+    except BudgetExhausted as error:
+        _stopped(run, error)
+        if not endpoint.ascending:
+            return  # newest first: rows not read yet are older than the cursor would claim
+        window.edge.update((k, v) for k, v in known.items() if k not in window.edge)
+    if window.newest_us is not None:
+        state["cursor"] = iso(datetime.fromtimestamp(window.newest_us / 1_000_000, UTC))
+    if endpoint.partial_at_edge:
+        state["edge"] = window.edge
+
+
+def _stopped(run: ResourceRun, error: BudgetExhausted) -> None:
+    run.status, run.reason = "incomplete", str(error)
+    logger.warning("%s project %s: %s", run.resource, run.project_id, error)
+
+
+def _read_window(
+    endpoint: Endpoint, ctx: Context, project_id: int, params: dict[str, Any], known: dict[str, int],
+    window: _Window,
+) -> Iterator[Any]:
+    run = ctx.report.run(project_id, endpoint.name)
+    lookback_us = int(ctx.lookback.total_seconds() * 1_000_000)
+    path = f"/api/projects/{project_id}/{endpoint.path}/"
     previous: set[Any] = set()
-    for rows, _ in ctx.client.pages(path, params, endpoint.paging):
+    for page, (rows, body) in enumerate(ctx.client.pages(path, params, endpoint.paging)):
+        if page == 0 and isinstance(body.get("count"), int):
+            run.api_count = body["count"]
         run.rows_fetched += len(rows)
         # offset pages can repeat a row on a boundary; one page back is as far as a shift reaches
         current: set[Any] = set()
@@ -175,24 +207,21 @@ def read_date_from(endpoint: Endpoint, ctx: Context, project_id: int, state: dic
         if known and endpoint.partial_at_edge:
             rows = _complete_partials(endpoint, ctx, project_id, rows, known)
         table, items = page_items(endpoint, ctx, run, rows)
+        newest = window.newest_us
         if table is not None and endpoint.cursor:
             starts = _epoch_us(table, endpoint.cursor)
-            page_max = max((s for s in starts if s is not None), default=None)
-            if page_max is not None and (newest_us is None or page_max > newest_us):
-                newest_us = page_max
-            if endpoint.partial_at_edge and newest_us is not None:
+            newest = max(filter(None, [newest, *starts]), default=None)
+            if endpoint.partial_at_edge and newest is not None:
+                floor = newest - lookback_us - 3_600_000_000
                 ends = _epoch_us(table, "end_time")
-                ids = table.column("id").to_pylist()
-                floor = newest_us - lookback_us - 3_600_000_000
-                for ident, start, end in zip(ids, starts, ends, strict=True):
+                for ident, start, end in zip(table.column("id").to_pylist(), starts, ends, strict=True):
                     if start is not None and (end or start) >= floor:
-                        edge[ident] = start
-                edge = {k: v for k, v in edge.items() if v >= floor - 86_400_000_000 * 2}
+                        window.edge[ident] = start
+                for ident in [k for k, v in window.edge.items() if v < floor - 2 * 86_400_000_000]:
+                    del window.edge[ident]
         yield from items
-    if newest_us is not None:
-        state["cursor"] = iso(datetime.fromtimestamp(newest_us / 1_000_000, UTC))
-    if endpoint.partial_at_edge:
-        state["edge"] = edge
+        # only rows already handed to dlt count: a stop after this page keeps them
+        window.newest_us = newest
 
 
 def _complete_partials(
@@ -249,19 +278,25 @@ def read_watermark(endpoint: Endpoint, ctx: Context, project_id: int, state: dic
                 newest = started if newest is None or started > newest else newest
         return rows
 
-    for rows, _ in ctx.client.pages(path, {**endpoint.params, "limit": ctx.page_size(endpoint)}, "drf"):
-        run.rows_fetched += len(rows)
-        recent = [
-            r for r in rows
-            if threshold is None or not r.get(endpoint.cursor) or parse_time(r[endpoint.cursor]) >= threshold
-        ]
-        yield from emit(endpoint, ctx, run, track(_dedupe(recent, seen, endpoint.primary_key)))
-        if len(recent) < len(rows):
-            break  # ordered newest first: everything after this is older still
-    again = [i for i in state.get("pending", []) if (i,) not in seen]
-    refetched = _fetch_details(endpoint, ctx, project_id, [{"id": i} for i in again])
-    run.rows_fetched += len(refetched)
-    yield from emit(endpoint, ctx, run, track(_dedupe(refetched, seen, endpoint.primary_key)))
+    try:
+        for rows, _ in ctx.client.pages(path, {**endpoint.params, "limit": ctx.page_size(endpoint)}, "drf"):
+            run.rows_fetched += len(rows)
+            recent = [
+                r for r in rows
+                if threshold is None or not r.get(endpoint.cursor) or parse_time(r[endpoint.cursor]) >= threshold
+            ]
+            yield from emit(endpoint, ctx, run, track(_dedupe(recent, seen, endpoint.primary_key)))
+            if len(recent) < len(rows):
+                break  # ordered newest first: everything after this is older still
+        again = [i for i in state.get("pending", []) if (i,) not in seen]
+        refetched = _fetch_details(endpoint, ctx, project_id, [{"id": i} for i in again])
+        run.rows_fetched += len(refetched)
+        yield from emit(endpoint, ctx, run, track(_dedupe(refetched, seen, endpoint.primary_key)))
+    except BudgetExhausted as error:
+        # what was read is kept; the cursor stays so the next run scans this window again
+        _stopped(run, error)
+        state["pending"] = sorted({*state.get("pending", []), *pending})
+        return
     if newest is not None:
         state["cursor"] = iso(newest)
     state["pending"] = pending
@@ -290,22 +325,49 @@ def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str
     path = f"/api/projects/{project_id}/{endpoint.path}/"
     rows_by_key: dict[Any, ROW] = {}
     api_count = 0
-    for scan in _scans(endpoint, ctx, project_id):
-        tags = {k: v for k, v in scan.items() if k in endpoint.scan_tags}
-        seen: set[Any] = set()
-        params = {**endpoint.params, **scan, "limit": ctx.page_size(endpoint)}
-        for page, (rows, body) in enumerate(ctx.client.pages(path, params, endpoint.paging)):
-            if page == 0 and isinstance(body.get("count"), int):
-                api_count += body["count"]
-            run.rows_fetched += len(rows)
-            # virtual property rows repeat on the last page; unordered pages can repeat rows (§7.4-5)
-            for row in _dedupe(rows, seen, ("id",)):
+    try:
+        for scan in _scans(endpoint, ctx, project_id):
+            tags = {k: v for k, v in scan.items() if k in endpoint.scan_tags}
+            rows, count = _full_listing(endpoint, ctx, path, {**endpoint.params, **scan}, run)
+            api_count += count if count is not None else len(rows)
+            for row in rows:
                 row.update(tags, project_id=project_id)
                 rows_by_key[tuple(row.get(k) for k in (*endpoint.scan_tags, *endpoint.primary_key))] = row
+    except BudgetExhausted as error:
+        _stopped(run, error)  # nothing is emitted: a partial scan must not replace a full one
+        return
     run.api_count = api_count
     for start in range(0, len(rows_by_key), 5000):
         yield from emit(endpoint, ctx, run, list(rows_by_key.values())[start : start + 5000])
     state["last_full_scan_rows"] = len(rows_by_key)
+
+
+def _full_listing(
+    endpoint: Endpoint, ctx: Context, path: str, params: dict[str, Any], run: ResourceRun, attempts: int = 3
+) -> tuple[list[ROW], int | None]:
+    """One complete listing, de-duplicated on id, checked against the API's own count.
+
+    Rows deleted while offset pages are read shift the later ones back a page, so one may be
+    skipped; a listing that comes up short of its count is read again.
+    """
+    rows: list[ROW] = []
+    count: int | None = None
+    for attempt in range(attempts):
+        seen: set[Any] = set()
+        rows = []
+        params = {**params, "limit": ctx.page_size(endpoint)}
+        for page, body in ctx.client.pages(path, params, endpoint.paging):
+            run.rows_fetched += len(page)
+            count = body["count"] if isinstance(body.get("count"), int) else None
+            # virtual property rows repeat on the last page; unordered pages can repeat rows (§7.4-5)
+            rows.extend(_dedupe(page, seen, ("id",)))
+        if count is None or len(rows) >= count:
+            break
+        logger.warning(
+            "%s: listing returned %d of the %d rows PostHog counts; reading it again (%d/%d)",
+            endpoint.name, len(rows), count, attempt + 1, attempts,
+        )
+    return rows, count
 
 
 READERS = {"date_from": read_date_from, "watermark": read_watermark, "full": read_full}
@@ -323,6 +385,10 @@ def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) 
         except ResourceUnavailable as error:
             run.status, run.reason = "skipped", str(error)
             logger.warning("%s skipped for project %s: %s", endpoint.name, project_id, error)
+        except TransientError as error:
+            raise PostHogError(
+                f"{endpoint.name} project {project_id}: gave up after {ctx.client.max_attempts} attempts: {error}"
+            ) from error
         finally:
             stats = ctx.client.stats
             run.requests += stats.requests - before[0]
