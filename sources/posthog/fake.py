@@ -13,6 +13,7 @@ import base64
 import bisect
 import contextlib
 import math
+import random
 import re
 import threading
 import time
@@ -277,6 +278,9 @@ class FakePostHog:
         self._extra: dict[str, dict[str, object]] = {r: {} for r in RESOURCES}
         self._disabled: dict[tuple[int, str], int] = {}
         self._injections: list[_Injection] = []
+        # called with each request after it was answered: mutations then show on the next page
+        self.hooks: list[Callable[[FakeRequest], None]] = []
+        self._chaos: tuple[float, random.Random] | None = None
         self._org = _uuid(_hh(seed, 9))
         self._users = [{"id": k + 1, "uuid": _uuid(_hh(seed, 10, k)), "distinct_id": _uuid(_hh(seed, 11, k)),
                         "first_name": n, "last_name": "Example", "email": f"{n.lower()}@example.com",
@@ -350,6 +354,17 @@ class FakePostHog:
         """Answer the next ``times`` requests whose URL contains ``path_contains`` with ``status``."""
         with self._lock:
             self._injections.append(_Injection(path_contains, status, times, body, wait_s))
+
+    def chaos(self, rate: float, seed: int = 0) -> None:
+        """Fail a random share of requests (seeded): 429s, 5xx (some as HTML) and truncated bodies."""
+        with self._lock:
+            self._chaos = (rate, random.Random(seed)) if rate > 0 else None
+
+    def _chaos_fault(self) -> _Injection:
+        assert self._chaos is not None
+        kind = self._chaos[1].choice([429, 500, 502, 503, 504, 200])
+        truncated = b'{"results": [{"id": "trunc' if kind == 200 else None
+        return _Injection("", kind, 1, truncated, 1)
 
     def truth(self, project_id: int, resource: str) -> list[dict[str, Any]]:
         """Every current object of ``resource``, complete, as its detail endpoint returns it."""
@@ -816,12 +831,16 @@ class FakePostHog:
                 status = 401
             else:
                 inj = next((x for x in self._injections if x.path_contains in target), None)
+                if inj is None and self._chaos and self._chaos[1].random() < self._chaos[0]:
+                    inj = self._chaos_fault()
             if inj is not None:
                 status, inj.times = inj.status, inj.times - 1
                 self._injections = [x for x in self._injections if x.times > 0]
             elif authorized and method == "GET":
                 status, body, resource = self._route(path, params, host)
             self.requests.append(FakeRequest(method, path, params, status, authorized))
+            for hook in self.hooks:
+                hook(self.requests[-1])
         if inj is not None:
             if status == 503:
                 headers["Retry-After"] = "1"
@@ -840,6 +859,11 @@ class FakePostHog:
     def _route(self, path: str, params: dict[str, str], host: str) -> tuple[int, Any, str | None]:
         parts = [x for x in path.split("/") if x]
         not_found = _err("invalid_request", "not_found", "Not found.")
+        if path == "/_fake/requests":  # not PostHog: answered requests per path, for the benchmark
+            counts: dict[str, int] = {}
+            for r in self.requests:
+                counts[r.path] = counts.get(r.path, 0) + 1
+            return 200, counts, None
         if len(parts) < 2 or parts[0] != "api" or parts[1] not in ("projects", "environments"):
             return 404, not_found, None
 
