@@ -1,13 +1,16 @@
-"""The `posthog-export` command line: sync, demo."""
+"""The `posthog-export` command line: sync, demo, sql, status."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import duckdb
 
 from sources.posthog import ENDPOINTS, resolve_api_key
 from sources.posthog.client import REGION_HOSTS, normalize_host
@@ -74,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="sync the built-in fake PostHog into a local DuckDB file")
     demo.add_argument("--output", default=DEMO_OUTPUT, help=f"DuckDB file (default {DEMO_OUTPUT})")
     demo.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    sql = commands.add_parser("sql", help="run a read-only SQL query against the DuckDB output")
+    sql.add_argument("query", help='e.g. "SELECT * FROM v_recordings_per_day ORDER BY day DESC"')
+    sql.add_argument("--output", default=DEFAULT_OUTPUT, help=f"DuckDB file (default {DEFAULT_OUTPUT})")
+    sql.add_argument("--dataset", default="posthog", help="schema of unqualified table names (default posthog)")
+    sql.add_argument("--max-rows", type=int, default=100, help="rows to print, 0 for all (default 100)")
+    sql.add_argument("--max-width", type=int, default=60, help="cut longer values, 0 for never (default 60)")
+    sql.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    status = commands.add_parser("status", help="per project and resource: last sync, cursor, rows, problems")
+    status.add_argument("--output", default=DEFAULT_OUTPUT, help=f"DuckDB file (default {DEFAULT_OUTPUT})")
+    status.add_argument("--dataset", default="posthog", help="dataset (schema) name (default posthog)")
+    status.add_argument("--pipeline-name", default="posthog", help="dlt pipeline name (default posthog)")
+    status.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
     return parser
 
 
@@ -94,6 +109,19 @@ def _config(key: str) -> object:
     import dlt
 
     return dlt.config.get(f"sources.posthog.{key}")
+
+
+def _config_table(key: str) -> dict[str, object]:
+    """A table from config: a TOML table, or JSON text when it comes from an environment variable."""
+    value = _config(key)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"sources.posthog.{key} is not valid JSON: {error}") from error
+    if value is not None and not isinstance(value, dict):
+        raise UsageError(f"sources.posthog.{key} must be a table, e.g. {{session_recordings = 5000}}")
+    return dict(value or {})
 
 
 def sync_options(args: argparse.Namespace) -> SyncOptions:
@@ -140,9 +168,10 @@ def sync_options(args: argparse.Namespace) -> SyncOptions:
         evolve=args.schema_contract == "evolve",
         pipeline_name=args.pipeline_name,
         rate_limit_plan=str(args.rate_limit_plan or _config("rate_limit_plan") or "free"),
-        rate_limits=dict(_config("rate_limits") or {}),
+        rate_limits=_config_table("rate_limits"),  # type: ignore[arg-type]
         max_wait_s=60 * float(args.max_wait_minutes if args.max_wait_minutes is not None else 60),
         strict=args.strict,
+        page_sizes={str(k): int(v) for k, v in _config_table("page_sizes").items()},  # type: ignore[call-overload]
     )
 
 
@@ -160,6 +189,40 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK if run_demo(Path(args.output)) else EXIT_FAILED
 
 
+def _sql(args: argparse.Namespace) -> int:
+    from .query import QueryError, one_line, run_query
+
+    try:
+        run_query(args.output, args.query, dataset=args.dataset, max_rows=args.max_rows, max_width=args.max_width)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from error
+    except QueryError as error:
+        echo(f"error: {error}", err=True)
+        return EXIT_USAGE
+    except duckdb.Error as error:  # the file itself: locked by a running sync, not a DuckDB file, ...
+        echo(f"error: cannot open {args.output}: {one_line(error)}", err=True)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .query import one_line
+    from .status import print_status, read_status
+
+    try:
+        status = read_status(args.output, dataset=args.dataset, pipeline_name=args.pipeline_name)
+    except (FileNotFoundError, LookupError) as error:
+        raise UsageError(str(error).strip("'\"")) from error
+    except duckdb.Error as error:
+        echo(f"error: cannot read {args.output}: {one_line(error)}", err=True)
+        return EXIT_FAILED
+    print_status(status)
+    return EXIT_OK
+
+
+COMMANDS = {"sync": _sync, "demo": _demo, "sql": _sql, "status": _status}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `posthog-export`; returns the exit code."""
     try:
@@ -168,9 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     _setup_logging(args.verbose)
     try:
-        if args.command == "sync":
-            return _sync(args)
-        return _demo(args)
+        return COMMANDS[args.command](args)
     except UsageError as error:
         echo(f"error: {error}", err=True)
         return EXIT_USAGE

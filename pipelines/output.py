@@ -12,19 +12,19 @@ def echo(message: str = "", *, err: bool = False) -> None:
     print(message, file=sys.stderr if err else sys.stdout, flush=True)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, exact: bool = False) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:,.2f}"
+        return repr(value) if exact else f"{value:,.2f}"
     if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
+        return str(value) if exact else f"{value:,}"
     return str(value)
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print rows as an aligned text table (numbers right-aligned)."""
-    cells = [[_cell(v) for v in row] for row in rows]
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, exact: bool = False) -> None:
+    """Print rows as an aligned text table (numbers right-aligned; `exact`: no rounding or digit grouping)."""
+    cells = [[_cell(v, exact) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     numeric = [
         all(isinstance(r[i], int | float) and not isinstance(r[i], bool) for r in rows if r[i] is not None)

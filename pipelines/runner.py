@@ -20,7 +20,7 @@ from sources.posthog.sync import child_table, parent_column
 
 from .output import echo, print_table
 from .parquet import compact_table
-from .views import create_views
+from .views import create_views, drop_views
 
 logger = logging.getLogger("posthog_export")
 
@@ -160,6 +160,11 @@ def run_sync(options: SyncOptions, *, transport: httpx.BaseTransport | None = No
     )
     failures: dict[str, str] = {}
     try:
+        if options.full_refresh and options.destination not in ("duckdb", "parquet", "filesystem"):
+            try:  # Postgres refuses to drop tables that views depend on; the run recreates them
+                drop_views(pipeline)
+            except Exception as error:  # noqa: BLE001 - the loads below report destination problems
+                logger.warning("views not dropped before the full refresh: %s", error)
         for resource in options.resources:
             source = posthog_source(
                 project_ids=options.project_ids,

@@ -347,27 +347,31 @@ def _full_listing(
 ) -> tuple[list[ROW], int | None]:
     """One complete listing, de-duplicated on id, checked against the API's own count.
 
-    Rows deleted while offset pages are read shift the later ones back a page, so one may be
-    skipped; a listing that comes up short of its count is read again.
+    A row deleted while offset pages are read shifts later rows back, so one can be skipped. DRF
+    counts every page, so a count that changes during the listing, or fewer rows than counted,
+    means the list moved under us: it is read again.
     """
     rows: list[ROW] = []
-    count: int | None = None
+    counts: set[int] = set()
     for attempt in range(attempts):
         seen: set[Any] = set()
-        rows = []
+        rows, counts = [], set()
         params = {**params, "limit": ctx.page_size(endpoint)}
         for page, body in ctx.client.pages(path, params, endpoint.paging):
             run.rows_fetched += len(page)
-            count = body["count"] if isinstance(body.get("count"), int) else None
+            if isinstance(body.get("count"), int):
+                counts.add(body["count"])
             # virtual property rows repeat on the last page; unordered pages can repeat rows (§7.4-5)
             rows.extend(_dedupe(page, seen, ("id",)))
-        if count is None or len(rows) >= count:
-            break
+        if not counts or (len(counts) == 1 and len(rows) >= min(counts)):
+            return rows, min(counts, default=None)
         logger.warning(
-            "%s: listing returned %d of the %d rows PostHog counts; reading it again (%d/%d)",
-            endpoint.name, len(rows), count, attempt + 1, attempts,
+            "%s: the list changed while it was read (%d rows, PostHog counted %s); reading it again (%d/%d)",
+            endpoint.name, len(rows), "/".join(map(str, sorted(counts))), attempt + 1, attempts,
         )
-    return rows, count
+    if endpoint.replace_per_project:
+        raise PostHogError(f"{endpoint.name}: the list kept changing while it was read; not replacing it")
+    return rows, max(counts)
 
 
 READERS = {"date_from": read_date_from, "watermark": read_watermark, "full": read_full}
