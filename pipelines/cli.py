@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sync = commands.add_parser("sync", help="sync PostHog projects into a destination")
     sync.add_argument("--project-id", action="append", dest="project_ids", metavar="ID",
-                      help="PostHog project id (repeatable; default: sources.posthog.project_ids)")
+                      help="PostHog project id, repeatable, or `all` for every project the key can read "
+                      "(default: sources.posthog.project_ids)")
     sync.add_argument("--host", help=f"PostHog host: us, eu or a URL (default {REGION_HOSTS['us']})")
     sync.add_argument("--resources", type=_resources, help=f"comma-separated: {', '.join(ENDPOINTS)}")
     sync.add_argument("--destination", default="duckdb",
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="exit 1 on skipped or unfinished resources and on count mismatches too")
     sync.add_argument("--allow-insecure-http", action="store_true",
                       help="allow a plain http:// host that is not loopback (the key travels in clear text)")
+    sync.add_argument("--quiet", action="store_true", help="print errors only")
     sync.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
     demo = commands.add_parser("demo", help="sync the built-in fake PostHog into a local DuckDB file")
     demo.add_argument("--output", default=DEMO_OUTPUT, help=f"DuckDB file (default {DEMO_OUTPUT})")
@@ -92,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
@@ -129,14 +131,17 @@ def sync_options(args: argparse.Namespace) -> SyncOptions:
     raw_ids = args.project_ids or _config("project_ids") or _config("project_id") or []
     if isinstance(raw_ids, str | int):
         raw_ids = [raw_ids]
+    parts = [part.strip() for raw in raw_ids for part in str(raw).split(",")]
+    everything = "all" in parts
     ids: list[int] = []
-    for raw in raw_ids:
-        for part in str(raw).split(","):
-            if not part.strip().isdigit():
-                raise UsageError(f"--project-id must be a number, got {part.strip()!r}")
-            ids.append(int(part))
-    if not ids:
-        raise UsageError("no project id: pass --project-id ID or set sources.posthog.project_ids")
+    for part in parts:
+        if part != "all" and not part.isdigit():
+            raise UsageError(f"--project-id must be a number or all, got {part!r}")
+        ids.extend([int(part)] if part.isdigit() else [])
+    if everything and ids:
+        raise UsageError("--project-id all syncs every project: do not combine it with project ids")
+    if not ids and not everything:
+        raise UsageError("no project id: pass --project-id ID (or all) or set sources.posthog.project_ids")
     key = resolve_api_key()
     if not key:
         raise UsageError(
@@ -171,6 +176,8 @@ def sync_options(args: argparse.Namespace) -> SyncOptions:
         rate_limits=_config_table("rate_limits"),  # type: ignore[arg-type]
         max_wait_s=60 * float(args.max_wait_minutes if args.max_wait_minutes is not None else 60),
         strict=args.strict,
+        all_projects=everything,
+        quiet=args.quiet,
         page_sizes={str(k): int(v) for k, v in _config_table("page_sizes").items()},  # type: ignore[call-overload]
     )
 
@@ -229,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help and usage errors
         return int(exit_.code or 0)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)
     except UsageError as error:

@@ -20,6 +20,7 @@ from sources.posthog.sync import child_table, parent_column
 
 from .output import echo, print_table
 from .parquet import compact_table
+from .progress import SyncProgress, default_mode
 from .views import create_views, drop_views
 
 logger = logging.getLogger("posthog_export")
@@ -53,6 +54,7 @@ class SyncOptions:
     rate_limits: dict[str, list[int]] = field(default_factory=dict)
     max_wait_s: float = 3600.0
     strict: bool = False
+    all_projects: bool = False
     quiet: bool = False
 
 
@@ -158,42 +160,12 @@ def run_sync(options: SyncOptions, *, transport: httpx.BaseTransport | None = No
         dataset_name=options.dataset,
         pipelines_dir=options.pipelines_dir,
     )
-    failures: dict[str, str] = {}
     try:
-        if options.full_refresh and options.destination not in ("duckdb", "parquet", "filesystem"):
-            try:  # Postgres refuses to drop tables that views depend on; the run recreates them
-                drop_views(pipeline)
-            except Exception as error:  # noqa: BLE001 - the loads below report destination problems
-                logger.warning("views not dropped before the full refresh: %s", error)
-        for resource in options.resources:
-            source = posthog_source(
-                project_ids=options.project_ids,
-                host=options.host,
-                resources=[resource],
-                lookback_days=options.lookback_days,
-                initial_date_from=options.initial_date_from,
-                evolve_schema=options.evolve,
-                page_sizes=options.page_sizes,
-                client=client,
-                report=report,
-            )
-            try:
-                pipeline.run(
-                    source,
-                    loader_file_format=file_format,  # type: ignore[arg-type]
-                    refresh="drop_resources" if options.full_refresh else None,
-                )
-            except PipelineStepFailed as error:
-                cause = _cause(error)
-                if isinstance(cause, AuthError | ProjectNotFound):
-                    raise cause from error
-                failures[resource] = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-                for project_id in options.project_ids:
-                    run = report.run(project_id, resource)
-                    run.status, run.reason, run.rows_loaded = "failed", failures[resource], 0
-                logger.error("%s failed: %s", resource, failures[resource])
-                continue
-            _compact(options, resource)
+        if options.all_projects:
+            options.project_ids = discover_projects(client)
+        with SyncProgress(client.stats, default_mode(options.quiet)) as progress:
+            report.on_page = progress.page
+            failures = _load_resources(options, pipeline, client, report, file_format)
         create_views(pipeline)  # BI views (pipelines/views.py); none on Parquet/filesystem
         _load_report(pipeline, report, file_format)
     finally:
@@ -204,6 +176,57 @@ def run_sync(options: SyncOptions, *, transport: httpx.BaseTransport | None = No
     return result
 
 
+def discover_projects(client: PostHogClient) -> list[int]:
+    """Every project the key can read (`/api/projects/`, all pages)."""
+    ids = [int(p["id"]) for page, _ in client.pages("/api/projects/", {"limit": 100}, "drf") for p in page]
+    if not ids:
+        raise UsageError(f"the key can read no projects on {client.host}: check the key's project access")
+    logger.info("found %d projects: %s", len(ids), ", ".join(map(str, ids)))
+    return ids
+
+
+def _load_resources(
+    options: SyncOptions, pipeline: Any, client: PostHogClient, report: SyncReport, file_format: str | None
+) -> dict[str, str]:
+    """One dlt load per resource; returns the resources that failed, with their one-line reason."""
+    failures: dict[str, str] = {}
+    if options.full_refresh and options.destination not in ("duckdb", "parquet", "filesystem"):
+        try:  # Postgres refuses to drop tables that views depend on; the run recreates them
+            drop_views(pipeline)
+        except Exception as error:  # noqa: BLE001 - the loads below report destination problems
+            logger.warning("views not dropped before the full refresh: %s", error)
+    for resource in options.resources:
+        source = posthog_source(
+            project_ids=options.project_ids,
+            host=options.host,
+            resources=[resource],
+            lookback_days=options.lookback_days,
+            initial_date_from=options.initial_date_from,
+            evolve_schema=options.evolve,
+            page_sizes=options.page_sizes,
+            client=client,
+            report=report,
+        )
+        try:
+            pipeline.run(
+                source,
+                loader_file_format=file_format,  # type: ignore[arg-type]
+                refresh="drop_resources" if options.full_refresh else None,
+            )
+        except PipelineStepFailed as error:
+            cause = _cause(error)
+            if isinstance(cause, AuthError | ProjectNotFound):
+                raise cause from error
+            failures[resource] = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+            for project_id in options.project_ids:
+                run = report.run(project_id, resource)
+                run.status, run.reason, run.rows_loaded = "failed", failures[resource], 0
+            logger.error("%s failed: %s", resource, failures[resource])
+            continue
+        _compact(options, resource)
+    return failures
+
+
 REPORT_COLUMNS: dict[str, TColumnType] = {
     "run_started_at": "timestamp",
     "project_id": "bigint",
@@ -211,6 +234,7 @@ REPORT_COLUMNS: dict[str, TColumnType] = {
     "requests": "bigint",
     "throttled": "bigint",
     "retries": "bigint",
+    "pages": "bigint",
     "rows_fetched": "bigint",
     "rows_loaded": "bigint",
     "api_count": "bigint",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import duckdb
@@ -109,3 +110,47 @@ def test_demo_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
                                  "FROM posthog.session_recordings").fetchone()
     assert {"session_recordings", "desktop_recordings__transcript_segments", "property_definitions"} <= set(counts)
     assert recordings is not None and recordings[0] == 2 and recordings[1] == recordings[2] > 1000
+
+
+def test_project_id_all_discovers_every_project_and_one_failing_project_does_not_stop_the_others(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, server: str, fake: FakePostHog,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("POSTHOG_PERSONAL_API_KEY", fake.api_key)
+    caplog.set_level(logging.INFO, logger="posthog_export")
+    for resource in ("subscriptions", "property_definitions"):
+        fake.disable(2, resource, 403)
+    output = tmp_path / "all.duckdb"
+    code, out, err = run_cli(capsys, "sync", "--project-id", "all", "--host", server, "--output", str(output),
+                             "--resources", "subscriptions,property_definitions", "--rate-limit-plan", "none")
+    assert code == 0, err
+    assert any(r.path == "/api/projects/" for r in fake.requests)
+    assert "subscriptions project 2 skipped" in err and "property_definitions project 2 skipped" in err
+    with duckdb.connect(str(output)) as con:
+        assert con.execute("SELECT DISTINCT project_id FROM posthog.subscriptions").fetchall() == [(1,)]
+    # timestamped progress lines when not on a terminal
+    assert "subscriptions project 1: 1 pages" in caplog.text
+    code, out, err = run_cli(capsys, "sync", "--project-id", "all", "--project-id", "1", "--host", server)
+    assert code == 2 and "do not combine" in err
+
+
+def test_quiet_prints_errors_only(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, server: str, fake: FakePostHog,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("POSTHOG_PERSONAL_API_KEY", fake.api_key)
+    code, out, err = run_cli(capsys, "sync", "--project-id", "1", "--host", server, "--quiet", "--output",
+                             str(tmp_path / "q.duckdb"), "--resources", "subscriptions", "--rate-limit-plan", "none")
+    assert code == 0 and out == "" and err == ""
+
+
+def test_a_key_from_the_other_region_gets_a_hint() -> None:
+    import httpx
+
+    from sources.posthog.client import AuthError, PostHogClient
+
+    client = PostHogClient("eu", "phx_us_key", transport=httpx.MockTransport(
+        lambda r: httpx.Response(401, json={"detail": "Personal API key found in request Authorization header is "
+                                                      "invalid."})))
+    with pytest.raises(AuthError, match="if the key was made on US Cloud, use --host us"):
+        client.get("/api/projects/1/subscriptions/")

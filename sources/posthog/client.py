@@ -239,9 +239,12 @@ class PostHogClient:
                 "API key (Settings → Personal API keys, phx_…) and use that"
             )
         if status == 401:
+            other = {"https://us.posthog.com": "eu", "https://eu.posthog.com": "us"}.get(self.host)
+            hint = f"if the key was made on {other.upper()} Cloud, use --host {other}" if other else (
+                "check that --host matches it (us, eu or your self-hosted URL)")
             raise AuthError(
                 f"PostHog rejected the personal API key for {self.host} (401: {detail}). Keys are per "
-                "region: check the key and that --host matches it (us, eu or your self-hosted URL)."
+                f"region: {hint}."
             )
         if status == 404 and "project not found" in detail.lower():
             project = path.split("/")[3] if path.count("/") > 3 else "?"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ class ResourceRun:
     requests: int = 0
     throttled: int = 0
     retries: int = 0
+    pages: int = 0
     rows_fetched: int = 0
     rows_loaded: int = 0
     api_count: int | None = None
@@ -32,7 +34,16 @@ class SyncReport:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     runs: dict[tuple[int, str], ResourceRun] = field(default_factory=dict)
     drift: dict[str, set[str]] = field(default_factory=dict)
+    # called after every page read, for progress displays
+    on_page: Callable[[ResourceRun], None] | None = None
     _clock: dict[tuple[int, str], float] = field(default_factory=dict)
+
+    def fetched(self, run: ResourceRun, rows: int) -> None:
+        """Count one page of `rows` read for a resource of a project."""
+        run.pages += 1
+        run.rows_fetched += rows
+        if self.on_page is not None:
+            self.on_page(run)
 
     def run(self, project_id: int, resource: str) -> ResourceRun:
         """The counters of one project's resource, created on first use."""
@@ -49,6 +60,4 @@ class SyncReport:
 
     def rows(self) -> list[dict[str, Any]]:
         """Rows for the `_sync_report` table."""
-        return [
-            {"run_started_at": self.started_at, **asdict(r)} for r in self.runs.values()
-        ]
+        return [{"run_started_at": self.started_at, **asdict(r)} for r in self.runs.values()]

@@ -195,7 +195,7 @@ def _read_window(
     for page, (rows, body) in enumerate(ctx.client.pages(path, params, endpoint.paging)):
         if page == 0 and isinstance(body.get("count"), int):
             run.api_count = body["count"]
-        run.rows_fetched += len(rows)
+        ctx.report.fetched(run, len(rows))
         # offset pages can repeat a row on a boundary; one page back is as far as a shift reaches
         current: set[Any] = set()
         rows = [r for r in _dedupe(rows, current, endpoint.primary_key) if (r.get("id"),) not in previous]
@@ -280,7 +280,7 @@ def read_watermark(endpoint: Endpoint, ctx: Context, project_id: int, state: dic
 
     try:
         for rows, _ in ctx.client.pages(path, {**endpoint.params, "limit": ctx.page_size(endpoint)}, "drf"):
-            run.rows_fetched += len(rows)
+            ctx.report.fetched(run, len(rows))
             recent = [
                 r for r in rows
                 if threshold is None or not r.get(endpoint.cursor) or parse_time(r[endpoint.cursor]) >= threshold
@@ -290,7 +290,7 @@ def read_watermark(endpoint: Endpoint, ctx: Context, project_id: int, state: dic
                 break  # ordered newest first: everything after this is older still
         again = [i for i in state.get("pending", []) if (i,) not in seen]
         refetched = _fetch_details(endpoint, ctx, project_id, [{"id": i} for i in again])
-        run.rows_fetched += len(refetched)
+        ctx.report.fetched(run, len(refetched))
         yield from emit(endpoint, ctx, run, track(_dedupe(refetched, seen, endpoint.primary_key)))
     except BudgetExhausted as error:
         # what was read is kept; the cursor stays so the next run scans this window again
@@ -358,7 +358,7 @@ def _full_listing(
         rows, counts = [], set()
         params = {**params, "limit": ctx.page_size(endpoint)}
         for page, body in ctx.client.pages(path, params, endpoint.paging):
-            run.rows_fetched += len(page)
+            ctx.report.fetched(run, len(page))
             if isinstance(body.get("count"), int):
                 counts.add(body["count"])
             # virtual property rows repeat on the last page; unordered pages can repeat rows (§7.4-5)
