@@ -103,8 +103,6 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     )
     for noisy in ("httpx", "httpcore", "dlt", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    # declared `json` columns arrive as Arrow strings on purpose; dlt warns about that on every page
-    logging.getLogger("dlt").addFilter(lambda record: "when merging arrow schema" not in record.getMessage())
 
 
 def _config(key: str) -> object:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from .progress import SyncProgress, default_mode
 from .views import create_views, drop_views
 
 logger = logging.getLogger("posthog_export")
+Clock = tuple[Callable[[], float], Callable[[float], None]]
 
 
 class UsageError(Exception):
@@ -101,6 +103,11 @@ def _destination(options: SyncOptions) -> tuple[Any, str | None]:
     return options.destination, None
 
 
+def _quiet_arrow_hints(record: logging.LogRecord) -> bool:
+    """Drop dlt's per-page warning that declared `json` columns arrive as Arrow strings (on purpose)."""
+    return "when merging arrow schema" not in record.getMessage()
+
+
 def _cause(error: BaseException) -> BaseException:
     """The innermost error of ours (or the deepest one) behind dlt's wrappers."""
     seen: set[int] = set()
@@ -115,22 +122,30 @@ def _cause(error: BaseException) -> BaseException:
     return deepest
 
 
-def _compact(options: SyncOptions, resource: str) -> None:
-    if options.destination not in ("parquet", "filesystem") or "://" in options.output:
+def _compact(options: SyncOptions, resource: str, pipeline: Any) -> None:
+    """Compact the resource's tables in the bucket, local or remote, with dlt's own fsspec client."""
+    if options.destination not in ("parquet", "filesystem"):
         return
     endpoint = ENDPOINTS[resource]
-    root = Path(options.output) / options.dataset
-    key = () if endpoint.replace_per_project else endpoint.key
-    compact_table(root / endpoint.name, key, ("project_id",) if endpoint.replace_per_project else ())
-    parent = parent_column(endpoint)
-    for name in endpoint.children:
-        compact_table(
-            root / child_table(endpoint, name), ("project_id", parent, "position"), ("project_id", parent)
-        )
+    with pipeline.destination_client() as client:
+        fs, folder = client.fs_client, client.get_table_dir
+        key = () if endpoint.replace_per_project else endpoint.key
+        compact_table(fs, folder(endpoint.name), key, ("project_id",) if endpoint.replace_per_project else ())
+        parent = parent_column(endpoint)
+        for name in endpoint.children:
+            compact_table(
+                fs, folder(child_table(endpoint, name)), ("project_id", parent, "position"), ("project_id", parent)
+            )
 
 
-def make_client(options: SyncOptions, transport: httpx.BaseTransport | None = None) -> PostHogClient:
-    """The run's one PostHog client, shared by every resource and project."""
+def make_client(
+    options: SyncOptions, transport: httpx.BaseTransport | None = None, clock: Clock | None = None
+) -> PostHogClient:
+    """The run's one PostHog client, shared by every resource and project.
+
+    `clock` replaces (monotonic time, sleep) for tests that simulate hours of rate limits.
+    """
+    timing = {"clock": clock[0], "sleep": clock[1]} if clock else {}
     return PostHogClient(
         options.host,
         options.api_key,
@@ -139,19 +154,25 @@ def make_client(options: SyncOptions, transport: httpx.BaseTransport | None = No
         max_wait_s=options.max_wait_s,
         pacer=Pacer(options.rate_limit_plan, options.rate_limits),
         transport=transport,
+        **timing,  # type: ignore[arg-type]
     )
 
 
-def run_sync(options: SyncOptions, *, transport: httpx.BaseTransport | None = None) -> SyncResult:
+def run_sync(
+    options: SyncOptions, *, transport: httpx.BaseTransport | None = None, clock: Clock | None = None
+) -> SyncResult:
     """Sync the selected resources of every project, one dlt load per resource.
 
     A resource that fails leaves nothing half-loaded and its state unchanged; the others still run.
     A rejected key or an unknown project stops the run at once.
     """
     destination, file_format = _destination(options)
+    dlt_logger = logging.getLogger("dlt")
+    if _quiet_arrow_hints not in dlt_logger.filters:
+        dlt_logger.addFilter(_quiet_arrow_hints)
     report = SyncReport()
     try:
-        client = make_client(options, transport)
+        client = make_client(options, transport, clock)
     except ValueError as error:
         raise UsageError(str(error)) from error
     pipeline = dlt.pipeline(
@@ -223,7 +244,7 @@ def _load_resources(
                 run.status, run.reason, run.rows_loaded = "failed", failures[resource], 0
             logger.error("%s failed: %s", resource, failures[resource])
             continue
-        _compact(options, resource)
+        _compact(options, resource, pipeline)
     return failures
 
 

@@ -263,3 +263,31 @@ def test_request_log_matches_requests_to(fake: FakePostHog, options: SyncOptions
     result = sync(options)
     assert result.report.runs[(1, "subscriptions")].requests == len(
         [r for r in requests_to(fake, "subscriptions") if r.path.startswith("/api/projects/1/")])
+
+
+POSTHOG_FREE_LIMITS = {
+    "recordings_list": [(12, 60.0), (60, 3600.0)],
+    "analytics": [(240, 60.0), (1200, 3600.0)],
+    "general": [(480, 60.0), (4800, 3600.0)],
+}
+
+
+@pytest.mark.parametrize("plan", ["free", "none"])
+def test_a_throttled_run_lands_everything_and_pacing_avoids_429s(
+    fake: FakePostHog, options: SyncOptions, plan: str
+) -> None:
+    clock = FakeClock()  # virtual time shared by the fake's throttle and the client: hours pass instantly
+    fake.throttle(POSTHOG_FREE_LIMITS, clock=lambda: clock.now)
+    options.resources = ["session_recordings", "subscriptions"]
+    options.page_sizes = {"session_recordings": 4}  # 2 × 38 listing pages: more than 60 an hour
+    options.rate_limit_plan, options.max_wait_s = plan, 7200
+    result = run_sync(options, clock=(lambda: clock.now, clock.sleep))
+    assert result.ok
+    assert landed_rows(options, "session_recordings") == truth_rows(fake, "session_recordings")
+    throttled = sum(r.status == 429 for r in fake.requests)
+    assert throttled == sum(r.throttled for r in result.report.runs.values())
+    assert clock.now - 1000 > 3600  # the hourly listing limit was reached and waited out
+    if plan == "free":
+        assert throttled == 0
+    else:
+        assert throttled > 0  # without pacing PostHog refuses, and its stated waits are honoured

@@ -281,6 +281,9 @@ class FakePostHog:
         # called with each request after it was answered: mutations then show on the next page
         self.hooks: list[Callable[[FakeRequest], None]] = []
         self._chaos: tuple[float, random.Random] | None = None
+        self._limits: dict[str, list[tuple[int, float]]] = {}
+        self._history: dict[str, list[float]] = {}
+        self._clock: Callable[[], float] = time.monotonic
         self._org = _uuid(_hh(seed, 9))
         self._users = [{"id": k + 1, "uuid": _uuid(_hh(seed, 10, k)), "distinct_id": _uuid(_hh(seed, 11, k)),
                         "first_name": n, "last_name": "Example", "email": f"{n.lower()}@example.com",
@@ -359,6 +362,33 @@ class FakePostHog:
         """Fail a random share of requests (seeded): 429s, 5xx (some as HTML) and truncated bodies."""
         with self._lock:
             self._chaos = (rate, random.Random(seed)) if rate > 0 else None
+
+    def throttle(self, limits: dict[str, list[tuple[int, float]]], clock: Callable[[], float] = time.monotonic) -> None:
+        """Throttle like PostHog: DRF's sliding log per scope, 429 with the wait only in the body.
+
+        `limits` maps `recordings_list` (the recordings listing), `analytics` (any recordings path) and
+        `general` (everything else) to [(requests, seconds), ...]; `clock` may be a test's virtual time.
+        """
+        with self._lock:
+            self._limits, self._history, self._clock = dict(limits), {}, clock
+
+    def _throttled(self, path: str) -> _Injection | None:
+        parts = [p for p in path.split("/") if p]
+        recordings = len(parts) >= 4 and parts[3] == "session_recordings"
+        scopes = (["analytics", "recordings_list"] if len(parts) == 4 else ["analytics"]) if recordings \
+            else ["general"]
+        now, wait = self._clock(), 0.0
+        for scope in scopes:
+            history = self._history.setdefault(scope, [])
+            for count, seconds in self._limits.get(scope, []):
+                recent = [t for t in history if t > now - seconds]
+                if len(recent) >= count:  # DRF: wait until the oldest request in the window expires
+                    wait = max(wait, seconds - (now - recent[0]))
+        if wait > 0:
+            return _Injection("", 429, 1, None, math.ceil(wait))
+        for scope in scopes:
+            self._history[scope].append(now)
+        return None
 
     def _chaos_fault(self) -> _Injection:
         assert self._chaos is not None
@@ -833,6 +863,8 @@ class FakePostHog:
                 inj = next((x for x in self._injections if x.path_contains in target), None)
                 if inj is None and self._chaos and self._chaos[1].random() < self._chaos[0]:
                     inj = self._chaos_fault()
+                if inj is None and self._limits:
+                    inj = self._throttled(path)
             if inj is not None:
                 status, inj.times = inj.status, inj.times - 1
                 self._injections = [x for x in self._injections if x.times > 0]
