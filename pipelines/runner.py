@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,8 +217,11 @@ def _load_resources(
             drop_views(pipeline)
         except Exception as error:  # noqa: BLE001 - the loads below report destination problems
             logger.warning("views not dropped before the full refresh: %s", error)
-    for resource in options.resources:
-        source = posthog_source(
+    cancelled = threading.Event()
+    # every resource starts reading now, from its committed state, and waits for its own load
+    read_ahead = ({} if options.full_refresh else committed_states(pipeline), cancelled)
+    sources = {
+        resource: posthog_source(
             project_ids=options.project_ids,
             host=options.host,
             resources=[resource],
@@ -227,25 +231,48 @@ def _load_resources(
             page_sizes=options.page_sizes,
             client=client,
             report=report,
+            read_ahead=read_ahead,
         )
-        try:
-            pipeline.run(
-                source,
-                loader_file_format=file_format,  # type: ignore[arg-type]
-                refresh="drop_resources" if options.full_refresh else None,
-            )
-        except PipelineStepFailed as error:
-            cause = _cause(error)
-            if isinstance(cause, AuthError | ProjectNotFound):
-                raise cause from error
-            failures[resource] = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-            for project_id in options.project_ids:
-                run = report.run(project_id, resource)
-                run.status, run.reason, run.rows_loaded = "failed", failures[resource], 0
-            logger.error("%s failed: %s", resource, failures[resource])
-            continue
-        _compact(options, resource, pipeline)
+        for resource in options.resources
+    }
+    try:
+        for resource, source in sources.items():
+            if _load_one(options, pipeline, source, resource, report, file_format, failures):
+                _compact(options, resource, pipeline)
+    finally:
+        cancelled.set()
     return failures
+
+
+def committed_states(pipeline: Any) -> dict[str, dict[str, Any]]:
+    """Per resource, the project states of the last committed load (restored from the destination)."""
+    pipeline.sync_destination()
+    resources = pipeline.state.get("sources", {}).get("posthog", {}).get("resources", {})
+    return {name: dict(value.get("projects", {})) for name, value in resources.items()}
+
+
+def _load_one(
+    options: SyncOptions, pipeline: Any, source: Any, resource: str, report: SyncReport,
+    file_format: str | None, failures: dict[str, str],
+) -> bool:
+    """Load one resource; False (and the reason in `failures`) when it failed."""
+    try:
+        pipeline.run(
+            source,
+            loader_file_format=file_format,  # type: ignore[arg-type]
+            refresh="drop_resources" if options.full_refresh else None,
+        )
+    except PipelineStepFailed as error:
+        cause = _cause(error)
+        if isinstance(cause, AuthError | ProjectNotFound):
+            raise cause from error
+        failures[resource] = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        for project_id in options.project_ids:
+            run = report.run(project_id, resource)
+            run.status, run.reason, run.rows_loaded = "failed", failures[resource], 0
+        logger.error("%s failed: %s", resource, failures[resource])
+        return False
+    return True
 
 
 REPORT_COLUMNS: dict[str, TColumnType] = {

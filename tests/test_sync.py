@@ -220,13 +220,13 @@ def test_unavailable_resources_are_skipped_and_others_load(
 
 def test_throttled_and_failing_requests_are_retried(fake: FakePostHog, options: SyncOptions) -> None:
     options.resources = ["subscriptions"]
-    fake.inject("/subscriptions", 429, times=1, wait_s=1)
-    fake.inject("/subscriptions", 503, times=2)
+    fake.inject("/api/projects/1/subscriptions", 429, times=1, wait_s=1)
+    fake.inject("/api/projects/1/subscriptions", 503, times=2)
     result = sync(options)
     assert landed_rows(options, "subscriptions") == truth_rows(fake, "subscriptions")
     run = result.report.runs[(1, "subscriptions")]
     assert (run.throttled, run.retries) == (1, 3)
-    statuses = [r.status for r in requests_to(fake, "subscriptions")]
+    statuses = [r.status for r in requests_to(fake, "subscriptions") if r.path.startswith("/api/projects/1/")]
     assert statuses[:4] == [429, 503, 503, 200]
     report = query(options, "SELECT resource, throttled, retries FROM posthog._sync_report "
                             "WHERE project_id = 1 AND resource = 'subscriptions'")

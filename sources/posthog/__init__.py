@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -20,10 +21,11 @@ import dlt
 from dlt.common.typing import TSecretStrValue
 from dlt.extract import DltResource
 
+from .arrow import Drift
 from .client import PostHogClient
 from .endpoints import ENDPOINTS, Endpoint
 from .report import SyncReport
-from .sync import Context, read_endpoint
+from .sync import Context, read_endpoint, start_feeds
 
 __all__ = ["ENDPOINTS", "posthog_source", "resolve_api_key", "PostHogClient", "SyncReport"]
 
@@ -74,6 +76,7 @@ def posthog_source(
     page_sizes: dict[str, int] | None = None,
     client: Any = None,
     report: Any = None,
+    read_ahead: Any = None,
 ) -> list[DltResource]:
     """PostHog session recordings, group summaries, desktop recordings, subscriptions and property
     definitions of one or more projects, synced incrementally.
@@ -89,6 +92,9 @@ def posthog_source(
         page_sizes: page size per endpoint name, overriding the endpoint table.
         client: a ready `PostHogClient` (tests, shared pacing); built from host and key otherwise.
         report: a `SyncReport` that collects counters for the run summary.
+        read_ahead: `(states, cancelled)` to start reading at once, before dlt reaches the resources:
+            `states` is the pipeline's committed resource state (`{resource: {project_id: state}}`),
+            `cancelled` a `threading.Event` that stops readers when the run ends.
     """
     if client is None:
         key = resolve_api_key(personal_api_key)
@@ -111,4 +117,11 @@ def posthog_source(
     )
     ids = [int(p) for p in project_ids]
     selected = [e for e in ENDPOINTS.values() if not resources or e.name in resources]
-    return [endpoint_resource(e, ctx, ids) for e in selected]
+    built = []
+    for endpoint in selected:
+        own = replace(ctx, drift=Drift(), feeds={})
+        if read_ahead is not None:
+            states, own.cancelled = read_ahead
+            start_feeds(endpoint, own, ids, states.get(endpoint.name, {}))
+        built.append(endpoint_resource(endpoint, own, ids))
+    return built

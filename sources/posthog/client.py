@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -75,6 +77,14 @@ class TransientError(Exception):
         self.wait_s = wait_s
 
 
+class Counters(Protocol):
+    """Where a thread's requests are counted besides the client's totals (a report's ResourceRun)."""
+
+    requests: int
+    throttled: int
+    retries: int
+
+
 @dataclass
 class ClientStats:
     """What the client did, for the run summary."""
@@ -84,7 +94,6 @@ class ClientStats:
     retries: int = 0
     waited_s: float = 0.0
     paced_s: float = 0.0
-    by_path: dict[str, int] = field(default_factory=dict)
 
 
 def normalize_host(host: str) -> str:
@@ -136,6 +145,9 @@ class PostHogClient:
         self.stats = ClientStats()
         self._clock, self._sleep = clock, sleep
         self._project_token = api_key.startswith("phc_")
+        # one client serves every resource and project, possibly from several threads at once
+        self._lock = threading.Lock()
+        self._local = threading.local()
         # recordings queries may run 60 s server-side (§6): the read timeout must exceed that
         self._http = httpx.Client(
             base_url=self.host,
@@ -164,20 +176,42 @@ class PostHogClient:
             return error.wait_s
         return self._backoff(retry_state)
 
+    @contextmanager
+    def counting(self, counters: Counters) -> Iterator[None]:
+        """Count this thread's requests, 429s and retries on `counters` too, while inside."""
+        previous = getattr(self._local, "counters", None)
+        self._local.counters = counters
+        try:
+            yield
+        finally:
+            self._local.counters = previous
+
+    def _count(self, name: str) -> None:
+        counters = getattr(self._local, "counters", None)
+        with self._lock:
+            setattr(self.stats, name, getattr(self.stats, name) + 1)
+            if counters is not None:
+                setattr(counters, name, getattr(counters, name) + 1)
+
     def _before_sleep(self, retry_state: RetryCallState) -> None:
-        self.stats.retries += 1
+        self._count("retries")
         wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
-        self.stats.waited_s += wait
+        with self._lock:
+            self.stats.waited_s += wait
         error = retry_state.outcome.exception() if retry_state.outcome else None
         logger.warning("%s; retrying in %.0f s", error, wait)
 
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         """GET a path under the host and return the decoded JSON body, retrying transient failures."""
-        return self._retrying(self._get_once, path, dict(params or {}))
+        return self._retrying.copy()(self._get_once, path, dict(params or {}))
 
     def _pace(self, path: str) -> None:
-        wait, window = self.pacer.wait(path, self._clock())
-        if wait > 0:
+        while True:
+            with self._lock:
+                wait, window = self.pacer.wait(path, self._clock())
+                if wait <= 0:
+                    self.pacer.take(path, self._clock())
+                    return
             resource = _resource(path)
             limit = f"{resource}: {window.name if window else ''} request limit reached"
             if wait > self.max_wait_s:
@@ -188,13 +222,12 @@ class PostHogClient:
             if wait >= 30:
                 logger.warning("%s, waiting %s", limit, _duration(wait))
             self._sleep(wait)
-            self.stats.paced_s += wait
-        self.pacer.take(path, self._clock())
+            with self._lock:
+                self.stats.paced_s += wait
 
     def _get_once(self, path: str, params: dict[str, Any]) -> Any:
         self._pace(path)
-        self.stats.requests += 1
-        self.stats.by_path[path] = self.stats.by_path.get(path, 0) + 1
+        self._count("requests")
         where = f"GET {path}" + (f"?{httpx.QueryParams(params)}" if params else "")
         try:
             response = self._http.get(path, params=params)
@@ -218,7 +251,7 @@ class PostHogClient:
                 raise TransientError(f"{where}: invalid or truncated JSON in the response") from error
         detail = _detail(response)
         if status == 429:
-            self.stats.throttled += 1
+            self._count("throttled")
             match = _WAIT_RE.search(detail)
             header = response.headers.get("Retry-After", "")
             wait = float(match.group(1)) if match else float(header) if header.isdigit() else None

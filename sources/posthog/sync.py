@@ -7,8 +7,11 @@ failed or killed run never moves a cursor past rows that did not land.
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,12 +23,14 @@ import pyarrow as pa
 from .arrow import Drift, dlt_columns, to_arrow
 from .client import BudgetExhausted, PostHogClient, PostHogError, ResourceUnavailable, TransientError
 from .endpoints import Endpoint
+from .feed import Feed
 from .report import ResourceRun, SyncReport
 
 logger = logging.getLogger("posthog_export")
 
 ROW = dict[str, Any]
 GROUP_TYPES_LIMIT = 5  # group_type_index is 0..4 (shared/posthog-api.md §7.5)
+DETAIL_WORKERS = 8  # concurrent `/:id/` reads; the client's rate budget still applies
 
 
 @dataclass
@@ -39,6 +44,10 @@ class Context:
     evolve: bool = False
     page_sizes: Mapping[str, int] = field(default_factory=dict)
     drift: Drift = field(default_factory=Drift)
+    # set when the run ends or fails: readers still running ahead stop
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    # readers started before dlt reached this resource, per project (see `start_feeds`)
+    feeds: dict[int, Feed] = field(default_factory=dict)
 
     def page_size(self, endpoint: Endpoint) -> int:
         """The configured page size for an endpoint, else its declared default."""
@@ -129,16 +138,21 @@ def _dedupe(rows: Iterable[ROW], seen: set[Any], key: tuple[str, ...]) -> list[R
 
 
 def _fetch_details(endpoint: Endpoint, ctx: Context, project_id: int, rows: list[ROW]) -> list[ROW]:
-    """Replace minimal list rows by their full records (group summaries, §7.2)."""
-    full = []
-    for row in rows:
-        try:
-            full.append(ctx.client.get(f"/api/projects/{project_id}/{endpoint.path}/{row['id']}/"))
-        except ResourceUnavailable as error:
-            if error.status != 404:
-                raise
-            logger.info("%s %s vanished while syncing; skipped", endpoint.name, row["id"])
-    return full
+    """Replace minimal list rows by their full records (group summaries, §7.2), several at a time."""
+    run = ctx.report.run(project_id, endpoint.name)
+
+    def fetch(row: ROW) -> ROW | None:
+        with ctx.client.counting(run):
+            try:
+                return ctx.client.get(f"/api/projects/{project_id}/{endpoint.path}/{row['id']}/")
+            except ResourceUnavailable as error:
+                if error.status != 404:
+                    raise
+                logger.info("%s %s vanished while syncing; skipped", endpoint.name, row["id"])
+                return None
+
+    with ThreadPoolExecutor(max_workers=DETAIL_WORKERS) as pool:
+        return [full for full in pool.map(fetch, rows) if full is not None]
 
 
 def _epoch_us(table: pa.Table, column: str) -> list[int | None]:
@@ -377,27 +391,58 @@ def _full_listing(
 READERS = {"date_from": read_date_from, "watermark": read_watermark, "full": read_full}
 
 
-def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) -> Iterator[Any]:
-    """The body of every resource: read each project with the endpoint's sync mode."""
-    projects = dlt.current.resource_state().setdefault("projects", {})
-    for project_id in project_ids:
-        run = ctx.report.run(project_id, endpoint.name)
-        before = (ctx.client.stats.requests, ctx.client.stats.throttled, ctx.client.stats.retries)
-        try:
-            state = projects.setdefault(str(project_id), {})
+def _feed(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Feed:
+    def read() -> Iterator[Any]:
+        with ctx.client.counting(ctx.report.run(project_id, endpoint.name)):
             yield from READERS[endpoint.sync](endpoint, ctx, project_id, state)
-        except ResourceUnavailable as error:
-            run.status, run.reason = "skipped", str(error)
-            logger.warning("%s skipped for project %s: %s", endpoint.name, project_id, error)
-        except TransientError as error:
-            raise PostHogError(
-                f"{endpoint.name} project {project_id}: gave up after {ctx.client.max_attempts} attempts: {error}"
-            ) from error
-        finally:
-            stats = ctx.client.stats
-            run.requests += stats.requests - before[0]
-            run.throttled += stats.throttled - before[1]
-            run.retries += stats.retries - before[2]
-            ctx.report.finish(project_id, endpoint.name)
+
+    return Feed(read, state, ctx.cancelled)
+
+
+def start_feeds(
+    endpoint: Endpoint, ctx: Context, project_ids: Iterable[int], states: Mapping[str, dict[str, Any]]
+) -> None:
+    """Start reading every project now, from copies of their last committed state.
+
+    Used when several resources load one after the other: each reads ahead while dlt loads the others.
+    """
+    for project_id in project_ids:
+        state = copy.deepcopy(dict(states.get(str(project_id), {})))
+        ctx.feeds[project_id] = _feed(endpoint, ctx, project_id, state)
+
+
+def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) -> Iterator[Any]:
+    """The body of every resource: read each project with the endpoint's sync mode.
+
+    Projects are read concurrently (one thread each, sharing the client's rate budget) and handed to
+    dlt one after the other; each project's state is replaced by its reader's once all its rows are out.
+    """
+    projects = dlt.current.resource_state().setdefault("projects", {})
+    ids = list(project_ids)
+    for project_id in ids:
+        if project_id not in ctx.feeds:
+            state = projects.setdefault(str(project_id), {})
+            ctx.feeds[project_id] = _feed(endpoint, ctx, project_id, state)
+    try:
+        for project_id in ids:
+            feed = ctx.feeds.pop(project_id)
+            run = ctx.report.run(project_id, endpoint.name)
+            try:
+                yield from feed
+            except ResourceUnavailable as error:
+                run.status, run.reason = "skipped", str(error)
+                logger.warning("%s skipped for project %s: %s", endpoint.name, project_id, error)
+            except TransientError as error:
+                raise PostHogError(
+                    f"{endpoint.name} project {project_id}: gave up after {ctx.client.max_attempts} attempts: "
+                    f"{error}"
+                ) from error
+            finally:
+                ctx.report.finish(project_id, endpoint.name)
+            projects[str(project_id)] = feed.state
+    finally:
+        for feed in ctx.feeds.values():
+            feed.close()
+        ctx.feeds.clear()
     for table, names in ctx.drift.fields.items():
         ctx.report.drift.setdefault(table, set()).update(names)
