@@ -393,8 +393,11 @@ READERS = {"date_from": read_date_from, "watermark": read_watermark, "full": rea
 
 def _feed(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Feed:
     def read() -> Iterator[Any]:
-        with ctx.client.counting(ctx.report.run(project_id, endpoint.name)):
-            yield from READERS[endpoint.sync](endpoint, ctx, project_id, state)
+        try:
+            with ctx.client.counting(ctx.report.run(project_id, endpoint.name)):
+                yield from READERS[endpoint.sync](endpoint, ctx, project_id, state)
+        finally:
+            ctx.report.finish(project_id, endpoint.name)
 
     return Feed(read, state, ctx.cancelled)
 
@@ -437,8 +440,6 @@ def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) 
                     f"{endpoint.name} project {project_id}: gave up after {ctx.client.max_attempts} attempts: "
                     f"{error}"
                 ) from error
-            finally:
-                ctx.report.finish(project_id, endpoint.name)
             projects[str(project_id)] = feed.state
     finally:
         for feed in ctx.feeds.values():
