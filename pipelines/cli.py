@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import duckdb
 
 from sources.posthog import ENDPOINTS, resolve_api_key
-from sources.posthog.client import REGION_HOSTS, normalize_host
+from sources.posthog.client import REGION_HOSTS, PostHogError, normalize_host
 
 from .output import echo, print_table
 from .runner import SyncOptions, UsageError, run_sync
@@ -246,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into one line
         if args.verbose:
             raise
-        echo(f"error: {type(error).__name__}: {error} (rerun with --verbose for details)", err=True)
+        shown = str(error) if isinstance(error, PostHogError) else f"{type(error).__name__}: {error}"
+        echo(f"error: {shown} (rerun with --verbose for details)", err=True)
         return EXIT_FAILED
 
 

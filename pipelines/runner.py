@@ -15,7 +15,7 @@ from dlt.pipeline.exceptions import PipelineStepFailed
 
 from sources.posthog import ENDPOINTS, PostHogClient, SyncReport, posthog_source
 from sources.posthog.arrow import SchemaViolation, dlt_columns
-from sources.posthog.client import AuthError, PostHogError, ProjectNotFound
+from sources.posthog.client import AuthError, NotPostHog, PostHogError, ProjectNotFound
 from sources.posthog.endpoints import ColumnType as TColumnType
 from sources.posthog.pacing import Pacer
 from sources.posthog.sync import child_table, parent_column
@@ -193,8 +193,7 @@ def run_sync(
     finally:
         client.close()
     result = SyncResult(report=report, failures=failures, pipeline=pipeline)
-    if not options.quiet:
-        print_summary(result, options)
+    print_summary(result, options)
     return result
 
 
@@ -264,13 +263,12 @@ def _load_one(
         )
     except PipelineStepFailed as error:
         cause = _cause(error)
-        if isinstance(cause, AuthError | ProjectNotFound):
-            raise cause from error
+        if isinstance(cause, AuthError | ProjectNotFound | NotPostHog):
+            raise cause from error  # nothing else can work either: stop the run
         failures[resource] = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         for project_id in options.project_ids:
             run = report.run(project_id, resource)
             run.status, run.reason, run.rows_loaded = "failed", failures[resource], 0
-        logger.error("%s failed: %s", resource, failures[resource])
         return False
     return True
 
@@ -303,8 +301,15 @@ def _load_report(pipeline: Any, report: SyncReport, file_format: str | None) -> 
 
 
 def print_summary(result: SyncResult, options: SyncOptions) -> None:
-    """Print per project and resource what was fetched and loaded, then skips, drift and failures."""
+    """Print per project and resource what was fetched and loaded, then skips, drift and failures.
+
+    Quiet runs print the failures only.
+    """
     report = result.report
+    if options.quiet:
+        for resource, message in result.failures.items():
+            echo(f"error: {resource} failed: {message}", err=True)
+        return
     rows = [
         (r.project_id, r.resource, r.rows_fetched, r.rows_loaded, r.requests, r.throttled, r.retries,
          round(r.duration_s, 1), r.status)
