@@ -11,6 +11,7 @@ from typing import Any
 
 import dlt
 import httpx
+from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from sources.posthog import ENDPOINTS, PostHogClient, SyncReport, posthog_source
@@ -26,6 +27,7 @@ from .progress import SyncProgress, default_mode
 from .views import create_views, drop_views
 
 logger = logging.getLogger("posthog_export")
+DUCKDB_MEMORY = "128MB"
 Clock = tuple[Callable[[], float], Callable[[float], None]]
 
 
@@ -97,7 +99,11 @@ def _destination(options: SyncOptions) -> tuple[Any, str | None]:
             )
         if path.parent != Path() and not path.parent.exists():
             raise UsageError(f"the folder of --output {options.output!r} does not exist")
-        return dlt.destinations.duckdb(str(path.resolve())), "parquet"
+        # bounded, so a big first merge spills to disk instead of growing the process
+        credentials = DuckDbCredentials(
+            str(path.resolve()), global_config={"memory_limit": DUCKDB_MEMORY, "preserve_insertion_order": False}
+        )
+        return dlt.destinations.duckdb(credentials), "parquet"
     if options.destination in ("parquet", "filesystem"):
         url = options.output if "://" in options.output else Path(options.output).resolve().as_uri()
         return dlt.destinations.filesystem(bucket_url=url), "parquet"

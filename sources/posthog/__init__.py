@@ -23,7 +23,7 @@ from dlt.extract import DltResource
 
 from .arrow import Drift
 from .client import PostHogClient
-from .endpoints import ENDPOINTS, Endpoint
+from .endpoints import ENDPOINTS, MERGE, Endpoint
 from .report import SyncReport
 from .sync import Context, read_endpoint, start_feeds
 
@@ -56,7 +56,7 @@ def endpoint_resource(endpoint: Endpoint, ctx: Context, project_ids: Sequence[in
     return dlt.resource(
         rows,
         name=endpoint.name,
-        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        write_disposition=MERGE,  # type: ignore[arg-type]
         primary_key=list(key) or None,
         # a run's rows of a project replace all of that project's rows (deleted upstream = gone)
         merge_key=["project_id"] if endpoint.replace_per_project else None,

@@ -79,7 +79,9 @@ RECORDINGS = Endpoint(
     scope="session_recording:read",
     primary_key=("id",),
     cursor="start_time",
-    page_size=1000,
+    # no API cap (HogQL stops at 50,000); list calls are the scarce budget (60/h on free plans), and a
+    # page that hits the 60 s query timeout is retried at half the size
+    page_size=10_000,
     partial_at_edge=True,
     # JSON-decoded by the server (§7.1): send ISO dates with Z and no unknown params.
     params={"order": "start_time", "order_direction": "ASC"},
@@ -262,6 +264,10 @@ PROPERTY_DEFINITIONS = Endpoint(
         "updated_by": USER,
     },
 )
+
+# Every reader yields each key at most once per run (see sync.py), so dlt can skip de-duplicating its
+# staging data: the most expensive step of a large merge.
+MERGE = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
 
 ENDPOINTS: dict[str, Endpoint] = {
     e.name: e for e in (RECORDINGS, SUMMARIES, DESKTOP, SUBSCRIPTIONS, PROPERTY_DEFINITIONS)

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from .arrow import Drift, dlt_columns, to_arrow
 from .client import BudgetExhausted, PostHogClient, PostHogError, ResourceUnavailable, TransientError
-from .endpoints import Endpoint
+from .endpoints import MERGE, Endpoint
 from .feed import Feed
 from .report import ResourceRun, SyncReport
 
@@ -116,7 +116,7 @@ def page_items(
         key = ("project_id", parent, "position")
         hints = dlt.mark.make_hints(
             table_name=child_table(endpoint, name),
-            write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+            write_disposition=MERGE,  # type: ignore[arg-type]
             # a parent's rows are replaced as a whole: list elements have no ids of their own
             merge_key=["project_id", parent],
             primary_key=list(key),

@@ -1,0 +1,238 @@
+"""Benchmark: our sync against a generic dlt `rest_api` pipeline, on the same fake PostHog.
+
+    .venv/bin/python bench/benchmark.py --rows 30000 [--latency-ms 0]
+        [--resource session_recordings|desktop_recordings] [--destination duckdb|parquet]
+        [--peer/--no-peer] [--segments 100] [--page-size N]
+
+Starts the fake PostHog (`python -m sources.posthog.fake`) in a subprocess, then runs each sync in a
+subprocess of its own, into a fresh temporary output and dlt pipelines folder, and prints rows/s, peak
+RSS (from `wait4`), list requests (from the fake's `/_fake/requests`), wall time and the process's CPU
+time (user + sys, including start-up; steadier than wall time on a busy machine), plus the ratios.
+Ours runs in the repository (its `.dlt/config.toml` applies); the peer runs in an empty folder, so it
+gets dlt's defaults. Wall time is the sync call itself, without interpreter start and imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+API_KEY = "phx_fake_personal_key"
+PROJECT = 1
+INITIAL = "2020-01-01T00:00:00Z"
+# what rows/s counts: the transcript target is about segment rows
+COUNTED = {"session_recordings": "session_recordings",
+           "desktop_recordings": "desktop_recordings__transcript_segments"}
+
+
+@dataclass
+class Result:
+    """One measured sync."""
+
+    name: str
+    rows: int
+    seconds: float
+    peak_rss_mb: float
+    list_requests: int
+    cpu_seconds: float
+
+    @property
+    def rows_per_s(self) -> float:
+        """Counted rows per second of sync wall time."""
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+def start_fake(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
+    """Start the fake PostHog with the benchmark's data and return the process and its URL."""
+    desktop = args.resource == "desktop_recordings"
+    command = [
+        sys.executable, "-m", "sources.posthog.fake", "--port", "0", "--projects", str(PROJECT),
+        "--recordings", str(10 if desktop else args.rows), "--desktop-recordings", str(args.rows if desktop else 10),
+        "--segments", str(args.segments), "--recording-step-s", "30", "--retention-days", "3650",
+        "--latency-ms", str(args.latency_ms), "--api-key", API_KEY,
+    ]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True, env=_env())
+    line = process.stdout.readline() if process.stdout else ""
+    if not line.startswith("READY "):
+        process.kill()
+        raise SystemExit(f"the fake PostHog did not start: {line!r}")
+    return process, line.split()[1]
+
+
+def request_counts(url: str) -> dict[str, int]:
+    """Requests the fake answered so far, per path."""
+    request = urllib.request.Request(f"{url}/_fake/requests", headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request) as response:
+        return json.loads(response.read())
+
+
+def _env() -> dict[str, str]:
+    # no telemetry, and only errors on stderr (dlt warns per page about hints it overrides)
+    return {**os.environ, "PYTHONPATH": str(REPO), "RUNTIME__DLTHUB_TELEMETRY": "false", "RUNTIME__LOG_LEVEL": "ERROR"}
+
+
+def measure(name: str, args: argparse.Namespace, url: str) -> Result:
+    """Run one sync (`ours` or `peer`) in a fresh subprocess and temp folder; measure it."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench_{name}_"))
+    before = request_counts(url)
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--url", url,
+               "--workdir", str(workdir), "--resource", args.resource, "--destination", args.destination]
+    if args.page_size:
+        command += ["--page-size", str(args.page_size)]
+    try:
+        process = subprocess.Popen(command, cwd=REPO if name == "ours" else workdir, env=_env(),
+                                   stdout=subprocess.PIPE, text=True)
+        output = process.stdout.read() if process.stdout else ""
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise SystemExit(f"{name} failed with exit code {process.returncode}")
+        child = json.loads(output.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    after = request_counts(url)
+    listing = f"/api/projects/{PROJECT}/{args.resource}/"
+    return Result(name, child["rows"], child["seconds"], usage.ru_maxrss / 1024,
+                  after.get(listing, 0) - before.get(listing, 0), usage.ru_utime + usage.ru_stime)
+
+
+def run_ours(url: str, workdir: Path, resource: str, destination: str, page_size: int | None) -> float:
+    """Our sync, through the same entry point as `posthog-export sync`; returns its wall time."""
+    from pipelines.runner import SyncOptions, run_sync
+
+    options = SyncOptions(
+        project_ids=[PROJECT], api_key=API_KEY, host=url, resources=[resource], destination=destination,
+        output=str(workdir / ("out.duckdb" if destination == "duckdb" else "parquet")),
+        pipelines_dir=str(workdir / "pipelines"), pipeline_name="bench_ours", initial_date_from=INITIAL,
+        page_sizes={resource: page_size} if page_size else {}, quiet=True,
+        rate_limit_plan="none",  # the fake does not throttle; the peer does not pace either
+    )
+    started = time.perf_counter()
+    result = run_sync(options)
+    seconds = time.perf_counter() - started
+    if not result.ok:
+        raise SystemExit(f"our sync failed: {result.failures}")
+    return seconds
+
+
+def peer_config(url: str, resource: str, page_size: int) -> dict[str, Any]:
+    """The `rest_api` source as a competent user would set it up for one PostHog endpoint."""
+    endpoint: dict[str, Any] = {"path": f"api/projects/{PROJECT}/{resource}/", "data_selector": "results"}
+    if resource == "session_recordings":
+        endpoint["params"] = {
+            "order": "start_time", "order_direction": "ASC",
+            "date_from": {"type": "incremental", "cursor_path": "start_time", "initial_value": INITIAL},
+        }
+        endpoint["paginator"] = {"type": "offset", "limit": page_size, "total_path": None,
+                                 "has_more_path": "has_next"}
+    else:  # DRF paging, newest first, no date filter
+        endpoint["params"] = {"limit": page_size}
+        endpoint["paginator"] = {"type": "json_link", "next_url_path": "next"}
+        endpoint["incremental"] = {"cursor_path": "started_at", "initial_value": INITIAL, "row_order": "desc"}
+    return {
+        "client": {"base_url": f"{url}/", "auth": {"type": "bearer", "token": API_KEY}},
+        "resource_defaults": {"primary_key": "id", "write_disposition": "merge"},
+        "resources": [{"name": resource, "endpoint": endpoint}],
+    }
+
+
+def run_peer(url: str, workdir: Path, resource: str, page_size: int) -> float:
+    """The generic dlt pipeline into DuckDB with dlt's defaults; returns its wall time."""
+    import dlt
+    from dlt.sources.rest_api import rest_api_source
+
+    pipeline = dlt.pipeline("bench_peer", destination=dlt.destinations.duckdb(str(workdir / "out.duckdb")),
+                            dataset_name="posthog", pipelines_dir=str(workdir / "pipelines"))
+    started = time.perf_counter()
+    pipeline.run(rest_api_source(peer_config(url, resource, page_size)))  # type: ignore[arg-type]
+    return time.perf_counter() - started
+
+
+def count_rows(workdir: Path, table: str, destination: str) -> int:
+    """Rows that landed in a table of the sync's output."""
+    import duckdb
+
+    with duckdb.connect() as con:
+        if destination == "parquet":
+            files = str(workdir / "parquet" / "posthog" / table / "*.parquet")
+            return con.execute("SELECT count(*) FROM read_parquet(?)", [files]).fetchone()[0]  # type: ignore[index]
+        con.execute(f"ATTACH '{workdir / 'out.duckdb'}' AS out (READ_ONLY)")
+        return con.execute(f"SELECT count(*) FROM out.posthog.{table}").fetchone()[0]  # type: ignore[index]
+
+
+def child(args: argparse.Namespace) -> None:
+    """Inside the measured subprocess: run one sync and print its rows and seconds as JSON."""
+    from sources.posthog import ENDPOINTS
+
+    workdir = Path(args.workdir)
+    page_size = args.page_size or ENDPOINTS[args.resource].page_size
+    if args.child == "ours":
+        seconds = run_ours(args.url, workdir, args.resource, args.destination, args.page_size)
+        destination = args.destination
+    else:
+        seconds, destination = run_peer(args.url, workdir, args.resource, page_size), "duckdb"
+    print(json.dumps({"rows": count_rows(workdir, COUNTED[args.resource], destination), "seconds": seconds}))
+
+
+def report(args: argparse.Namespace, results: Sequence[Result]) -> None:
+    """Print the measured table and, with a peer, the ratios."""
+    print(f"\n{args.resource}: {args.rows:,} rows, latency {args.latency_ms:g} ms, "
+          f"destination {args.destination} (peer: duckdb); rows = {COUNTED[args.resource]}")
+    print(f"{'sync':<6}{'rows':>12}{'rows/s':>12}{'peak RSS MB':>13}{'list requests':>15}{'wall s':>9}{'CPU s':>8}")
+    for r in results:
+        print(f"{r.name:<6}{r.rows:>12,}{r.rows_per_s:>12,.0f}{r.peak_rss_mb:>13,.0f}{r.list_requests:>15,}"
+              f"{r.seconds:>9.1f}{r.cpu_seconds:>8.1f}")
+    if len(results) == 2:
+        ours, peer = results
+        print(f"ours/peer rows/s: {ours.rows_per_s / peer.rows_per_s:.1f}x; "
+              f"peer/ours peak RSS: {peer.peak_rss_mb / ours.peak_rss_mb:.1f}x")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The benchmark's command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=30_000, help="recordings (or desktop recordings) to sync")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="fake latency per request")
+    parser.add_argument("--resource", choices=sorted(COUNTED), default="session_recordings")
+    parser.add_argument("--destination", choices=["duckdb", "parquet"], default="duckdb")
+    parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the generic rest_api pipeline (default: yes)")
+    parser.add_argument("--segments", type=int, default=100, help="transcript segments per recorded hour")
+    parser.add_argument("--page-size", type=int, help="page size for both (default: the endpoint table's)")
+    parser.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Start the fake, measure ours (and the peer), print the table."""
+    args = parse_args(argv)
+    if args.child:
+        child(args)
+        return
+    fake, url = start_fake(args)
+    try:
+        results = [measure("ours", args, url)]
+        if args.peer:
+            results.append(measure("peer", args, url))
+    finally:
+        fake.terminate()
+        fake.wait()
+    report(args, results)
+
+
+if __name__ == "__main__":
+    main()
