@@ -7,6 +7,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -299,45 +300,71 @@ class PostHogClient:
         """Yield (rows, body) for every page of a list, ending only on the API's own end signal.
 
         `has_next` lists (recordings, §7.1) page by offset or, where the server offers it, by the
-        keyset cursor; DRF lists follow `next`. A short page never ends paging.
+        keyset cursor; DRF lists follow `next`. A short page never ends paging. While the caller
+        works on one page, the next one is already being fetched.
         """
-        params = dict(params)
-        pages_read: set[frozenset[tuple[str, str]]] = set()
+        counters = getattr(self._local, "counters", None)
+
+        def fetch(page_params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            with self.counting(counters):
+                return self._page(path, page_params)
+
+        pages_read: set[frozenset[tuple[str, str]]] = {_page_id(params)}
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
+            current, body = self._page(path, dict(params))
+            while True:
+                rows: list[dict[str, Any]] = body["results"]
+                following = _following(path, paging, current, body, pages_read)
+                upcoming = pool.submit(fetch, following) if following is not None else None
+                yield rows, body
+                if upcoming is None:
+                    return
+                current, body = upcoming.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _page(self, path: str, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """GET one page (and the params it was read with), halving its size while PostHog times out."""
         while True:
-            pages_read.add(_page_id(params))
             try:
                 body = self.get(path, params)
             except QueryTimeout as error:
                 # a page too big to finish within PostHog's 60 s query limit: ask for half (§6)
-                params["limit"] = max(MIN_PAGE, int(params["limit"]) // 2)
+                params = {**params, "limit": max(MIN_PAGE, int(params["limit"]) // 2)}
                 logger.warning("%s; retrying with pages of %d", error, params["limit"])
                 continue
             if not isinstance(body, dict) or not isinstance(body.get("results"), list):
                 raise PagingError(f"GET {path}: the response has no `results` list")
-            rows: list[dict[str, Any]] = body["results"]
-            yield rows, body
-            if paging == "has_next":
-                if not body.get("has_next"):
-                    return
-                if body.get("next_cursor"):
-                    params["after"] = body["next_cursor"]
-                    params.pop("offset", None)
-                else:
-                    params["offset"] = int(params.get("offset", 0)) + len(rows)
-                if not rows:
-                    raise PagingError(f"GET {path}: an empty page says it has a next page")
-                continue
-            next_url = body.get("next")
-            if not next_url:
-                return
-            # keep our own host and path: `next` may name an internal host behind a proxy
-            following: dict[str, Any] = dict(parse_qsl(urlsplit(next_url).query))
-            if _page_id(following) in pages_read:
-                # a `next` pointing back at a page already read: continue by offset instead
-                if not rows:
-                    return
-                following = {**params, "offset": int(params.get("offset", 0)) + len(rows)}
-            params = following
+            return params, body
+
+
+def _following(
+    path: str, paging: str, params: dict[str, Any], body: dict[str, Any], pages_read: set[frozenset[tuple[str, str]]]
+) -> dict[str, Any] | None:
+    """The params of the page after this one, or None at the API's own end signal."""
+    rows = body["results"]
+    if paging == "has_next":
+        if not body.get("has_next"):
+            return None
+        if not rows:
+            raise PagingError(f"GET {path}: an empty page says it has a next page")
+        if body.get("next_cursor"):
+            following = {k: v for k, v in params.items() if k != "offset"}
+            return {**following, "after": body["next_cursor"]}
+        return {**params, "offset": int(params.get("offset", 0)) + len(rows)}
+    next_url = body.get("next")
+    if not next_url:
+        return None
+    # keep our own host and path: `next` may name an internal host behind a proxy
+    following = dict(parse_qsl(urlsplit(next_url).query))
+    if _page_id(following) in pages_read:
+        # a `next` pointing back at a page already read: continue by offset instead
+        if not rows:
+            return None
+        following = {**params, "offset": int(params.get("offset", 0)) + len(rows)}
+    pages_read.add(_page_id(following))
+    return following
 
 
 def _resource(path: str) -> str:
