@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import sys
@@ -231,7 +230,6 @@ COMMANDS = {"sync": _sync, "demo": _demo, "sql": _sql, "status": _status}
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `posthog-export`; returns the exit code."""
-    gc.freeze()  # the imported modules live all run: keep the collector from scanning them (~10% CPU)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help and usage errors
