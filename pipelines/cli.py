@@ -23,6 +23,7 @@ DEFAULT_OUTPUT = "posthog_export.duckdb"
 DEFAULT_PARQUET_OUTPUT = "posthog_export_parquet"
 DEMO_OUTPUT = "posthog_demo.duckdb"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+CLOUD_HOSTS = ("us.posthog.com", "eu.posthog.com", "app.posthog.com")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="freeze: new PostHog fields are reported, not loaded (default); evolve: add them")
     sync.add_argument("--pipeline-name", default="posthog", help="dlt pipeline name (default posthog)")
     sync.add_argument("--rate-limit-plan", choices=["free", "paid", "enterprise", "none"],
-                      help="PostHog plan whose rate limits to pace by (default free, the strictest)")
+                      help="PostHog plan whose rate limits to pace by (default: free, the strictest, on "
+                      "PostHog Cloud; none on self-hosted hosts)")
     sync.add_argument("--max-wait-minutes", type=_positive,
                       help="longest wait for the rate budget before stopping cleanly (default 60)")
     sync.add_argument("--strict", action="store_true",
@@ -124,6 +126,12 @@ def _config_table(key: str) -> dict[str, object]:
     return dict(value or {})
 
 
+def default_plan(host: str) -> str:
+    """`free` (the strictest limits) on PostHog Cloud; `none` elsewhere, because self-hosted PostHog
+    throttles only with RATE_LIMIT_ENABLED (shared/posthog-api.md §5). 429s are honoured either way."""
+    return "free" if urlsplit(host).hostname in CLOUD_HOSTS else "none"
+
+
 def sync_options(args: argparse.Namespace) -> SyncOptions:
     """Resolve flags and dlt config into the options of one sync (flags win over config)."""
     raw_ids = args.project_ids or _config("project_ids") or _config("project_id") or []
@@ -170,7 +178,7 @@ def sync_options(args: argparse.Namespace) -> SyncOptions:
         lookback_days=float(lookback) if lookback is not None else 1.0,
         evolve=args.schema_contract == "evolve",
         pipeline_name=args.pipeline_name,
-        rate_limit_plan=str(args.rate_limit_plan or _config("rate_limit_plan") or "free"),
+        rate_limit_plan=str(args.rate_limit_plan or _config("rate_limit_plan") or default_plan(host)),
         rate_limits=_config_table("rate_limits"),  # type: ignore[arg-type]
         max_wait_s=60 * float(args.max_wait_minutes if args.max_wait_minutes is not None else 60),
         strict=args.strict,

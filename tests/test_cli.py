@@ -154,3 +154,10 @@ def test_a_key_from_the_other_region_gets_a_hint() -> None:
                                                       "invalid."})))
     with pytest.raises(AuthError, match="if the key was made on US Cloud, use --host us"):
         client.get("/api/projects/1/subscriptions/")
+
+
+def test_pacing_defaults_to_the_strictest_plan_on_posthog_cloud_only() -> None:
+    from pipelines.cli import default_plan
+
+    assert default_plan("https://us.posthog.com") == default_plan("https://eu.posthog.com") == "free"
+    assert default_plan("https://posthog.internal.example.com") == default_plan("http://127.0.0.1:8000") == "none"
