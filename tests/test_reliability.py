@@ -223,9 +223,12 @@ def test_kill_minus_9_mid_sync_then_rerun_lands_everything_once(tmp_path: Path) 
                 "--host", url, "--output", str(output), "--rate-limit-plan", "none"]
         cwd = Path(__file__).resolve().parents[1]
         victim = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # kill once the first resource's load is committed, while the others are still being read
+        loaded = tmp_path / "dlt" / "pipelines" / "posthog" / "load" / "loaded"
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any("desktop_recordings" in r.path for r in fake.requests):
+        while time.monotonic() < deadline and not (loaded.exists() and any(loaded.iterdir())):
             time.sleep(0.01)
+        assert victim.poll() is None, "the sync finished before it could be killed"
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         assert victim.returncode == -signal.SIGKILL
