@@ -135,6 +135,8 @@ def default_plan(host: str) -> str:
 def sync_options(args: argparse.Namespace) -> SyncOptions:
     """Resolve flags and dlt config into the options of one sync (flags win over config)."""
     raw_ids = args.project_ids or _config("project_ids") or _config("project_id") or []
+    if isinstance(raw_ids, str) and raw_ids.strip().startswith("["):  # a list from an environment variable
+        raw_ids = json.loads(raw_ids)
     if isinstance(raw_ids, str | int):
         raw_ids = [raw_ids]
     parts = [part.strip() for raw in raw_ids for part in str(raw).split(",")]

@@ -161,3 +161,17 @@ def test_pacing_defaults_to_the_strictest_plan_on_posthog_cloud_only() -> None:
 
     assert default_plan("https://us.posthog.com") == default_plan("https://eu.posthog.com") == "free"
     assert default_plan("https://posthog.internal.example.com") == default_plan("http://127.0.0.1:8000") == "none"
+
+
+@pytest.mark.parametrize("value", ["[2]", "2"])
+def test_project_ids_from_an_environment_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, server: str, fake: FakePostHog,
+    tmp_path: Path, value: str,
+) -> None:
+    monkeypatch.setenv("POSTHOG_PERSONAL_API_KEY", fake.api_key)
+    monkeypatch.setenv("SOURCES__POSTHOG__PROJECT_IDS", value)
+    output = tmp_path / "env.duckdb"
+    code, _, err = run_cli(capsys, "sync", "--host", server, "--resources", "subscriptions", "--output", str(output))
+    assert code == 0, err
+    with duckdb.connect(str(output)) as con:
+        assert con.execute("SELECT DISTINCT project_id FROM posthog.subscriptions").fetchall() == [(2,)]
