@@ -23,7 +23,7 @@ class ResourceRun:
     rows_loaded: int = 0
     api_count: int | None = None
     duration_s: float = 0.0
-    status: str = "ok"  # ok | skipped | failed
+    status: str = "ok"  # ok | skipped | incomplete | failed
     reason: str | None = None
 
 

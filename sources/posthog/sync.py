@@ -351,9 +351,9 @@ def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str
         _stopped(run, error)  # nothing is emitted: a partial scan must not replace a full one
         return
     run.api_count = api_count
-    for start in range(0, len(rows_by_key), 5000):
-        yield from emit(endpoint, ctx, run, list(rows_by_key.values())[start : start + 5000])
-    state["last_full_scan_rows"] = len(rows_by_key)
+    rows = list(rows_by_key.values())
+    for start in range(0, len(rows), 5000):
+        yield from emit(endpoint, ctx, run, rows[start : start + 5000])
 
 
 def _full_listing(
