@@ -65,6 +65,11 @@ def parse_time(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def list_path(endpoint: Endpoint, project_id: int) -> str:
+    """The endpoint's list path for a project (always `/api/projects/`, shared/posthog-api.md §2)."""
+    return f"/api/projects/{project_id}/{endpoint.path}/"
+
+
 def child_table(endpoint: Endpoint, field_name: str) -> str:
     """Name of the child table for a list field, in dlt's `parent__child` convention."""
     return f"{endpoint.name}__{field_name}"
@@ -144,7 +149,7 @@ def _fetch_details(endpoint: Endpoint, ctx: Context, project_id: int, rows: list
     def fetch(row: ROW) -> ROW | None:
         with ctx.client.counting(run):
             try:
-                return ctx.client.get(f"/api/projects/{project_id}/{endpoint.path}/{row['id']}/")
+                return ctx.client.get(f"{list_path(endpoint, project_id)}{row['id']}/")
             except ResourceUnavailable as error:
                 if error.status != 404:
                     raise
@@ -204,7 +209,7 @@ def _read_window(
 ) -> Iterator[Any]:
     run = ctx.report.run(project_id, endpoint.name)
     lookback_us = int(ctx.lookback.total_seconds() * 1_000_000)
-    path = f"/api/projects/{project_id}/{endpoint.path}/"
+    path = list_path(endpoint, project_id)
     previous: set[Any] = set()
     for page, (rows, body) in enumerate(ctx.client.pages(path, params, endpoint.paging)):
         if page == 0 and isinstance(body.get("count"), int):
@@ -251,7 +256,7 @@ def _complete_partials(
     if not partial:
         return rows
     complete: dict[str, ROW] = {}
-    path = f"/api/projects/{project_id}/{endpoint.path}/"
+    path = list_path(endpoint, project_id)
     for i in range(0, len(partial), 100):
         ids = partial[i : i + 100]
         params = {**endpoint.params, "session_ids": orjson.dumps(ids).decode(), "limit": len(ids)}
@@ -277,7 +282,7 @@ def read_watermark(endpoint: Endpoint, ctx: Context, project_id: int, state: dic
     cursor = state.get("cursor")
     threshold = parse_time(cursor) - ctx.lookback if cursor else None
     newest = parse_time(cursor) if cursor else None
-    path = f"/api/projects/{project_id}/{endpoint.path}/"
+    path = list_path(endpoint, project_id)
     seen: set[Any] = set()
     pending: list[str] = []
 
@@ -336,7 +341,7 @@ def _scans(endpoint: Endpoint, ctx: Context, project_id: int) -> list[dict[str, 
 def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Iterator[Any]:
     """Read the whole list every run, once per scan (soft-deleted rows, property types)."""
     run = ctx.report.run(project_id, endpoint.name)
-    path = f"/api/projects/{project_id}/{endpoint.path}/"
+    path = list_path(endpoint, project_id)
     rows_by_key: dict[Any, ROW] = {}
     api_count = 0
     try:
