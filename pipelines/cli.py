@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,9 +18,11 @@ from sources.posthog import ENDPOINTS, resolve_api_key
 from sources.posthog.client import REGION_HOSTS, PostHogError, normalize_host
 
 from .output import echo, print_table
-from .runner import SyncOptions, UsageError, run_sync
+from .runner import AlreadyRunning, Interrupted, SyncOptions, UsageError, run_sync
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# the shell's convention for a process ended by a signal: 128 + its number (130 SIGINT, 143 SIGTERM)
+EXIT_SIGNALLED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 DEFAULT_OUTPUT = "posthog_export.duckdb"
 DEFAULT_PARQUET_OUTPUT = "posthog_export_parquet"
 DEMO_OUTPUT = "posthog_demo.duckdb"
@@ -190,9 +194,19 @@ def sync_options(args: argparse.Namespace) -> SyncOptions:
     )
 
 
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def _sync(args: argparse.Namespace) -> int:
     options = sync_options(args)
-    result = run_sync(options)
+    # SIGTERM (a scheduler stopping the job) ends the run like Ctrl-C: unwound, nothing partial committed
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in EXIT_SIGNALLED}
+    try:
+        result = run_sync(options)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not result.ok or (options.strict and result.warnings()):
         return EXIT_FAILED
     return EXIT_OK
@@ -250,9 +264,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         echo(f"error: {error}", err=True)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        echo("interrupted: nothing of the unfinished resource was committed; rerun to continue", err=True)
+    except AlreadyRunning as error:
+        echo(f"error: {error}", err=True)
         return EXIT_FAILED
+    except KeyboardInterrupt as error:
+        signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+        resource = error.resource if isinstance(error, Interrupted) else None
+        echo(f"interrupted by {signal.Signals(signum).name}: "
+             + (f"{resource} was not committed, " if resource else "")
+             + "resources that finished are committed; rerun to continue", err=True)
+        return EXIT_SIGNALLED.get(signum, EXIT_FAILED)
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into one line
         if args.verbose:
             raise
@@ -261,8 +282,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def entry() -> None:
+    """The `posthog-export` console script: `main`, then exit with its code.
+
+    After an interrupt the process exits at once: reader threads may still be inside a request or a
+    rate-limit wait, and what they hold is not committed anyway.
+    """
+    code = main()
+    if code in EXIT_SIGNALLED.values():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()
 
 
-__all__ = ["main", "build_parser", "print_table"]
+__all__ = ["main", "entry", "build_parser", "print_table"]

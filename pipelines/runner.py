@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dlt
 import httpx
+from dlt.common.pipeline import get_dlt_pipelines_dir
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.pipeline.exceptions import PipelineStepFailed
+from filelock import FileLock, Timeout
 
 from sources.posthog import ENDPOINTS, PostHogClient, SyncReport, posthog_source
 from sources.posthog.arrow import SchemaViolation, dlt_columns
@@ -33,6 +37,27 @@ Clock = tuple[Callable[[], float], Callable[[float], None]]
 
 class UsageError(Exception):
     """Bad input from the user: exit code 2."""
+
+
+class AlreadyRunning(Exception):
+    """Another sync holds this pipeline's (or output's) lock: this run did nothing."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: the run stops; what finished stays committed, the resource in flight does not."""
+
+    def __init__(self, signum: int, resource: str | None = None) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum, self.resource = signum, resource
+
+
+def _interrupted(error: BaseException, resource: str | None = None) -> Interrupted | None:
+    """The interrupt behind an error dlt wrapped (it wraps Ctrl-C and SIGTERM like any failure), if any."""
+    cause = _cause(error)
+    if not isinstance(cause, KeyboardInterrupt):
+        return None
+    signum = getattr(cause, "signum", None) or getattr(cause, "signal_code", None) or signal.SIGINT
+    return Interrupted(int(signum), getattr(cause, "resource", None) or resource)
 
 
 @dataclass
@@ -122,7 +147,7 @@ def _cause(error: BaseException) -> BaseException:
     deepest = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, PostHogError | SchemaViolation):
+        if isinstance(current, PostHogError | SchemaViolation | KeyboardInterrupt):
             return current
         deepest = current
         current = getattr(current, "exception", None) or current.__cause__ or current.__context__
@@ -165,15 +190,54 @@ def make_client(
     )
 
 
+def sync_locks(options: SyncOptions) -> list[FileLock]:
+    """The locks one sync holds: its dlt pipeline's working folder and, when local, its output.
+
+    They are OS file locks (`flock`), released when the process ends however it ends, so a crashed run
+    never leaves a stale lock behind.
+    """
+    pipelines_dir = Path(options.pipelines_dir or get_dlt_pipelines_dir())
+    pipelines_dir.mkdir(parents=True, exist_ok=True)
+    paths = [pipelines_dir / f"{options.pipeline_name}.sync.lock"]
+    if "://" not in options.output and options.destination in ("duckdb", "parquet", "filesystem"):
+        output = Path(options.output).resolve()
+        paths.append(output.with_name(f".{output.name}.sync.lock"))
+    return [FileLock(path, timeout=0) for path in paths]
+
+
+@contextmanager
+def exclusive(options: SyncOptions) -> Iterator[None]:
+    """Hold the sync's locks, or raise `AlreadyRunning` at once (a cron run still going: skip this one)."""
+    with ExitStack() as held:
+        for lock in sync_locks(options):
+            try:
+                held.enter_context(lock)
+            except Timeout:
+                raise AlreadyRunning(
+                    f"another sync of pipeline {options.pipeline_name!r} or of {options.output} is running "
+                    f"(lock {lock.lock_file}): this run did nothing; it can start once that one has ended"
+                ) from None
+        yield
+
+
 def run_sync(
     options: SyncOptions, *, transport: httpx.BaseTransport | None = None, clock: Clock | None = None
 ) -> SyncResult:
     """Sync the selected resources of every project, one dlt load per resource.
 
     A resource that fails leaves nothing half-loaded and its state unchanged; the others still run.
-    A rejected key or an unknown project stops the run at once.
+    A rejected key or an unknown project stops the run at once. Only one sync of a pipeline (and of a
+    local output) runs at a time: a second one raises `AlreadyRunning`.
     """
     destination, file_format = _destination(options)
+    with exclusive(options):
+        return _run_locked(options, destination, file_format, transport, clock)
+
+
+def _run_locked(
+    options: SyncOptions, destination: Any, file_format: str | None, transport: httpx.BaseTransport | None,
+    clock: Clock | None,
+) -> SyncResult:
     dlt_logger = logging.getLogger("dlt")
     if _quiet_arrow_hints not in dlt_logger.filters:
         dlt_logger.addFilter(_quiet_arrow_hints)
@@ -196,6 +260,10 @@ def run_sync(
             failures = _load_resources(options, pipeline, client, report, file_format)
         create_views(pipeline)  # BI views (pipelines/views.py); none on Parquet/filesystem
         _load_report(pipeline, report, file_format)
+    except PipelineStepFailed as error:
+        if interrupt := _interrupted(error):
+            raise interrupt from None
+        raise
     finally:
         client.close()
     result = SyncResult(report=report, failures=failures, pipeline=pipeline)
@@ -268,6 +336,8 @@ def _load_one(
             refresh="drop_resources" if options.full_refresh else None,
         )
     except PipelineStepFailed as error:
+        if interrupt := _interrupted(error, resource):
+            raise interrupt from None
         cause = _cause(error)
         if isinstance(cause, AuthError | ProjectNotFound | NotPostHog):
             raise cause from error  # nothing else can work either: stop the run
