@@ -252,6 +252,9 @@ def _run_locked(
         dataset_name=options.dataset,
         pipelines_dir=options.pipelines_dir,
     )
+    # dlt's own handlers defer a signal during normalize/load and forget it if the step ends first: ours
+    # raise at once instead; an interrupted load stays pending and the next run completes it
+    pipeline.config.runtime.intercept_signals = False
     try:
         if options.all_projects:
             options.project_ids = discover_projects(client)
