@@ -19,7 +19,9 @@ MINUTE, HOUR = 60.0, 3600.0
 PLANS: dict[str, tuple[int, int]] = {"free": (12, 60), "paid": (60, 300), "enterprise": (100, 400)}
 DEFAULT_LIMITS: dict[str, tuple[int, int]] = {"general": (480, 4800), "analytics": (240, 1200)}
 DECREASE = 0.8  # a 429 sets the allowed rate to this share of the rate the server granted
-INCREASE = 0.02  # each request sent at the allowed pace adds this share of the rate set by the last 429
+INCREASE = 0.02  # each request sent at the allowed pace adds this share of the rate set by the last 429...
+SETTLE = 0.95  # ...up to this share of the granted rate; beyond, it probes for more budget slowly:
+PROBE = 0.001  # this share of the rate per request sent at the allowed pace
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class Bucket:
         self._first: float | None = None
         self.not_before = float("-inf")
         self.rate: float | None = None  # requests/s the server allows us; None = not learned yet
-        self._step = 0.0
+        self._step = self._granted = 0.0
         self._last = float("-inf")
         self._lowered_at = float("-inf")
 
@@ -90,13 +92,14 @@ class Bucket:
         if self.not_before - now > found[0]:
             found = (self.not_before - now, "throttled by PostHog (429)")
         if self.rate and self._last + 1 / self.rate - now > found[0]:
-            found = (self._last + 1 / self.rate - now, "")
+            found = (self._last + 1 / self.rate - now, f"pacing to the {self.rate * MINUTE:.3g}/min 429s allowed")
         return found
 
     def take(self, now: float) -> None:
         """Record one request sent at `now`."""
         if self.rate and now - self._last < 1.5 / self.rate:
-            self.rate += self._step  # sent at the allowed pace without a 429 since: probe a little faster
+            # sent at the allowed pace, and no 429 since: go a little faster
+            self.rate += self._step if self.rate < SETTLE * self._granted else PROBE * self.rate
         self._first = now if self._first is None else self._first
         self._last = max(self._last, now)
         self._times.append(now)
@@ -116,7 +119,9 @@ class Bucket:
         accepted = sum(1 for t in self._times if t > now - span)
         if accepted < 2:
             return  # too little to tell a rate from: the wait alone will do
-        self.rate = DECREASE * accepted / (span + wait_s)
+        self._granted = accepted / (span + wait_s)
+        # never so slow that the pace alone waits longer than the server asked to
+        self.rate = max(DECREASE * self._granted, 1 / max(wait_s, MINUTE))
         self._step = INCREASE * self.rate
         self._lowered_at = now
         self._publish()
