@@ -20,7 +20,7 @@ from filelock import FileLock, Timeout
 
 from sources.posthog import ENDPOINTS, PostHogClient, SyncReport, posthog_source
 from sources.posthog.arrow import SchemaViolation, dlt_columns
-from sources.posthog.client import AuthError, NotPostHog, PostHogError, ProjectNotFound
+from sources.posthog.client import AuthError, ClientStats, NotPostHog, PostHogError, ProjectNotFound
 from sources.posthog.endpoints import ColumnType as TColumnType
 from sources.posthog.pacing import Pacer
 from sources.posthog.sync import child_table, parent_column
@@ -95,6 +95,7 @@ class SyncResult:
     report: SyncReport
     failures: dict[str, str]
     pipeline: Any
+    client_stats: ClientStats | None = None  # the key's totals and rate buckets
 
     @property
     def ok(self) -> bool:
@@ -269,7 +270,7 @@ def _run_locked(
         raise
     finally:
         client.close()
-    result = SyncResult(report=report, failures=failures, pipeline=pipeline)
+    result = SyncResult(report=report, failures=failures, pipeline=pipeline, client_stats=client.stats)
     print_summary(result, options)
     return result
 
@@ -379,6 +380,20 @@ def _load_report(pipeline: Any, report: SyncReport, file_format: str | None) -> 
         pipeline.run(table, loader_file_format=file_format)
 
 
+def print_rate_buckets(stats: ClientStats | None) -> None:
+    """Per rate bucket of the key that saw a 429 or was paced: requests, 429s and the rate it settled at."""
+    buckets = [b for b in (stats.buckets.values() if stats else []) if b.throttled or b.paced_s > 0]
+    if not buckets:
+        return
+    echo()
+    rows = [
+        (b.name, b.requests, b.throttled, round(b.paced_s), "" if b.rate_per_min is None else round(b.rate_per_min, 1),
+         "learned from 429s" if b.rate_per_min is not None else f"published {b.published}" if b.published else "")
+        for b in buckets
+    ]
+    print_table(["rate bucket", "requests", "429s", "waited s", "settled /min", "pace"], rows)
+
+
 def print_summary(result: SyncResult, options: SyncOptions) -> None:
     """Print per project and resource what was fetched and loaded, then skips, drift and failures.
 
@@ -397,6 +412,7 @@ def print_summary(result: SyncResult, options: SyncOptions) -> None:
     print_table(
         ["project", "resource", "fetched", "loaded", "requests", "429s", "retries", "seconds", "status"], rows
     )
+    print_rate_buckets(result.client_stats)
     for warning in result.warnings():
         echo(f"warning: {warning}", err=True)
     for table, names in sorted(report.drift.items()):

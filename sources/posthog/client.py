@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -23,13 +24,17 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from .pacing import Pacer
+from .pacing import BucketStats, Pacer
 
 logger = logging.getLogger("posthog_export")
 
 REGION_HOSTS = {"us": "https://us.posthog.com", "eu": "https://eu.posthog.com"}
-# PostHog sends the wait only in the 429 body, never as Retry-After (shared/posthog-api.md §4).
+# PostHog states a 429's wait in the body; only newer recordings servers add Retry-After (shared/posthog-api.md §4)
 _WAIT_RE = re.compile(r"available in (\d+) second", re.IGNORECASE)
+# recordings' numberless 429s come from ClickHouse, not from a rate limit (§6)
+_CLICKHOUSE_429 = ("timeout", "at capacity", "simultaneous queries")
+_TITLE_RE = re.compile(r"<title>\s*([^<]{1,120}?)\s*</title>", re.IGNORECASE)
+MAX_BACKOFF_S = 300.0
 _SCOPE_RE = re.compile(r"scope '([\w:*]+)'")
 MIN_PAGE = 100
 
@@ -95,6 +100,16 @@ class ClientStats:
     retries: int = 0
     waited_s: float = 0.0
     paced_s: float = 0.0
+    # per rate bucket of the key (general, analytics, recordings_list): 429s and the rate they taught
+    buckets: dict[str, BucketStats] = field(default_factory=dict)
+
+
+@dataclass
+class _Throttled:
+    """One request's 429s: when the first came, and how many had no stated wait."""
+
+    first_at: float | None = None
+    numberless: int = 0
 
 
 def normalize_host(host: str) -> str:
@@ -106,7 +121,8 @@ def _detail(response: httpx.Response) -> str:
     try:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:
-        return response.text[:200].strip()
+        title = _TITLE_RE.search(response.text)
+        return title.group(1) if title else response.text[:200].strip()
     if isinstance(body, dict):
         return str(body.get("detail") or body.get("error") or body)
     return str(body)[:200]
@@ -118,8 +134,9 @@ class PostHogClient:
     Args:
         host: PostHog base URL (`us`/`eu` shortcuts allowed).
         api_key: a personal API key (`phx_…`).
-        max_attempts: attempts per request before a transient failure becomes an error.
-        max_wait_s: longest single wait (a 429's stated wait, or pacing) before stopping cleanly.
+        max_attempts: attempts per request before a 5xx, transport error or broken body becomes an error.
+        max_wait_s: longest a request may wait (for the key's budget, or 429s in all) before stopping cleanly.
+        max_in_flight: requests the key may have open at once, over all threads.
         pacer: the key's rate budget (`Pacer`); shared by everything this client does.
         transport: an httpx transport, for tests.
         clock, sleep: time functions, replaceable in tests.
@@ -134,6 +151,7 @@ class PostHogClient:
         max_wait_s: float = 900.0,
         backoff_s: float = 1.0,
         timeout_s: float = 120.0,
+        max_in_flight: int = 6,
         pacer: Pacer | None = None,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -143,12 +161,15 @@ class PostHogClient:
         self.max_wait_s = max_wait_s
         self.max_attempts = max_attempts
         self.pacer = pacer or Pacer("none")
-        self.stats = ClientStats()
+        self.stats = ClientStats(buckets=self.pacer.stats)
+        self.backoff_s = backoff_s
         self._clock, self._sleep = clock, sleep
         self._project_token = api_key.startswith("phc_")
         # one client serves every resource and project, possibly from several threads at once
         self._lock = threading.Lock()
         self._local = threading.local()
+        # every thread (projects, read-ahead pages, detail workers) shares the key's budget
+        self._in_flight = threading.BoundedSemaphore(max_in_flight)
         # recordings queries may run 60 s server-side (§6): the read timeout must exceed that
         self._http = httpx.Client(
             base_url=self.host,
@@ -203,44 +224,105 @@ class PostHogClient:
         logger.warning("%s; retrying in %.0f s", error, wait)
 
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
-        """GET a path under the host and return the decoded JSON body, retrying transient failures."""
-        return self._retrying.copy()(self._get_once, path, dict(params or {}))
+        """GET a path under the host and return the decoded JSON body.
 
-    def _pace(self, path: str) -> None:
+        5xx answers, transport errors and broken bodies are retried up to `max_attempts`; 429s are not
+        attempts: they are waited out (the whole key waits) for up to `max_wait_s` in all per request.
+        """
+        return self._retrying.copy()(self._get_once, path, dict(params or {}), _Throttled())
+
+    def _pace(self, path: str, now: float) -> float:
+        """Wait until the key's buckets would allow GET `path`; returns the time waited until."""
         while True:
             with self._lock:
-                wait, window = self.pacer.wait(path, self._clock())
-                if wait <= 0:
-                    self.pacer.take(path, self._clock())
-                    return
-            resource = _resource(path)
-            limit = f"{resource}: {window.name if window else ''} request limit reached"
+                wait, why = self.pacer.delay(path, now)
+            if wait <= 0:
+                return now
             if wait > self.max_wait_s:
                 raise BudgetExhausted(
-                    f"{limit}; the next request is allowed in {_duration(wait)}, more than the "
-                    f"{_duration(self.max_wait_s)} --max-wait: stopped, rerun later to continue"
+                    f"{_resource(path)}: {why or 'request limit reached'}; the next request is allowed in "
+                    f"{_duration(wait)}, more than the {_duration(self.max_wait_s)} --max-wait: stopped, "
+                    "rerun later to continue"
                 )
             if wait >= 30:
-                logger.warning("%s, waiting %s", limit, _duration(wait))
+                logger.warning("%s: %s, waiting %s", _resource(path), why, _duration(wait))
             self._sleep(wait)
             with self._lock:
                 self.stats.paced_s += wait
+                self.pacer.buckets_for(path)[-1].stats.paced_s += wait
+            # a test's sleep may not move the clock: never recheck at a time before the one waited for
+            now = max(self._clock(), now + wait)
 
-    def _get_once(self, path: str, params: dict[str, Any]) -> Any:
-        self._pace(path)
-        self._count("requests")
+    def _send(self, path: str, params: dict[str, Any], where: str) -> tuple[httpx.Response, float]:
+        """One paced request, holding one of the key's in-flight slots while it runs; returns its send time."""
+        now = self._clock()
+        while True:
+            now = self._pace(path, now)
+            with self._in_flight:
+                with self._lock:
+                    now = max(now, self._clock())
+                    if self.pacer.delay(path, now)[0] > 0:
+                        continue  # another thread took the slot, or a 429 came, while this one waited
+                    self.pacer.take(path, now)
+                self._count("requests")
+                try:
+                    return self._http.get(path, params=params), now
+                except httpx.ConnectError as error:
+                    if "name or service not known" in str(error).lower() or "nodename nor servname" in str(error):
+                        raise NotPostHog(
+                            f"cannot find host {self.host} (DNS lookup failed): check --host") from error
+                    raise TransientError(f"{where}: {type(error).__name__}: {error}") from error
+                except (httpx.TransportError, httpx.DecodingError) as error:
+                    raise TransientError(f"{where}: {type(error).__name__}: {error}") from error
+
+    def _get_once(self, path: str, params: dict[str, Any], throttled: _Throttled) -> Any:
         where = f"GET {path}" + (f"?{httpx.QueryParams(params)}" if params else "")
-        try:
-            response = self._http.get(path, params=params)
-        except httpx.ConnectError as error:
-            if "name or service not known" in str(error).lower() or "nodename nor servname" in str(error):
-                raise NotPostHog(f"cannot find host {self.host} (DNS lookup failed): check --host") from error
-            raise TransientError(f"{where}: {type(error).__name__}: {error}") from error
-        except (httpx.TransportError, httpx.DecodingError) as error:
-            raise TransientError(f"{where}: {type(error).__name__}: {error}") from error
+        while True:
+            response, sent_at = self._send(path, params, where)
+            if response.status_code != 429:
+                return self._decode(response, path, where)
+            self._count("throttled")
+            detail = _detail(response)
+            match = _WAIT_RE.search(detail)
+            header = response.headers.get("Retry-After", "").strip()
+            wait = float(match.group(1)) if match else float(header) if header.isdigit() else None
+            if wait is None and any(words in detail.lower() for words in _CLICKHOUSE_429):
+                with self._lock:  # not the rate limit: the server accepted the request
+                    self.pacer.buckets_for(path)[-1].stats.throttled += 1
+                if "timeout" in detail.lower() and int(params.get("limit", 0)) > MIN_PAGE:
+                    raise QueryTimeout(f"{where}: {detail}")
+                raise TransientError(f"{where}: 429 {detail}")
+            self._wait_out(path, where, detail, wait, sent_at, throttled)
+
+    def _wait_out(
+        self, path: str, where: str, detail: str, wait: float | None, sent_at: float, throttled: _Throttled
+    ) -> None:
+        """Make the whole key wait out a 429, or stop cleanly when that exceeds the request's max wait."""
+        now = self._clock()
+        if wait is None:  # no number (an edge's page, say): back off exponentially, bounded by time
+            wait = min(MAX_BACKOFF_S, self.backoff_s * 2**throttled.numberless) + random.uniform(0, self.backoff_s)
+            throttled.numberless += 1
+        else:
+            wait += 1  # PostHog rounds the wait, and coming back a moment early costs another 429
+        throttled.first_at = now if throttled.first_at is None else throttled.first_at
+        with self._lock:
+            self.pacer.throttled(path, sent_at, now, wait)
+            self.stats.waited_s += wait
+        if now + wait - throttled.first_at > self.max_wait_s:
+            raise BudgetExhausted(
+                f"{_resource(path)}: rate limited for {_duration(now + wait - throttled.first_at)}, more than the "
+                f"{_duration(self.max_wait_s)} --max-wait: stopped, rerun later to continue"
+            )
+        self._count("retries")
+        logger.warning("%s: 429 %s; retrying in %.0f s", where, detail, wait)
+
+    def _decode(self, response: httpx.Response, path: str, where: str) -> Any:
+        """The body of a 200, or the error a status other than 429 stands for."""
         status = response.status_code
         html = "html" in response.headers.get("content-type", "")
-        if html and status < 500:
+        # an edge's error page is judged by its status (403 forbidden, 5xx retried); only a 200 or a 404
+        # page is not PostHog's API, which answers every path under /api/ in JSON (§4, §7)
+        if html and status in (200, 404):
             raise NotPostHog(
                 f"{self.host} answered {where} with an HTML page (HTTP {status}), not PostHog's API: "
                 "check --host (us, eu or your PostHog URL)"
@@ -251,20 +333,6 @@ class PostHogClient:
             except orjson.JSONDecodeError as error:
                 raise TransientError(f"{where}: invalid or truncated JSON in the response") from error
         detail = _detail(response)
-        if status == 429:
-            self._count("throttled")
-            match = _WAIT_RE.search(detail)
-            header = response.headers.get("Retry-After", "")
-            wait = float(match.group(1)) if match else float(header) if header.isdigit() else None
-            if wait is None and "timeout" in detail.lower() and int(params.get("limit", 0)) > MIN_PAGE:
-                raise QueryTimeout(f"{where}: {detail}")
-            if wait is not None and wait > self.max_wait_s:
-                raise BudgetExhausted(
-                    f"{_resource(path)}: rate limited for {_duration(wait)}, more than the "
-                    f"{_duration(self.max_wait_s)} --max-wait: stopped, rerun later to continue"
-                )
-            # +1 s: PostHog rounds the wait, and coming back a moment early costs another 429
-            raise TransientError(f"{where}: 429 {detail}", None if wait is None else wait + 1)
         if status >= 500:
             raise TransientError(f"{where}: HTTP {status} {detail[:120]}")
         if status == 401 and self._project_token:

@@ -17,8 +17,9 @@ import random
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -169,12 +170,14 @@ def _pos_int(v: str | None, default: int, strict: bool = False) -> int:
     return default if n < 0 or (strict and n == 0) else n
 
 
-def _error_body(status: int, resource: str | None = None, wait_s: int = 1, listing: bool = False
-                ) -> tuple[bytes, str]:
+def _error_body(status: int, resource: str | None = None, wait_s: int = 1, listing: bool = False,
+                detail: str | None = None) -> tuple[bytes, str]:
     """The body PostHog (or its edge) sends for an error status: (bytes, content type)."""
     if status == 429:
-        text = "Rate limit exceeded" if resource == "session_recordings" else "Request was throttled"
-        body: Any = _err("throttled_error", "throttled", f"{text}. Expected available in {wait_s} seconds.")
+        # DRF's Throttled wording (§4); `detail` carries the newer recordings wording when chosen
+        unit = "second" if wait_s == 1 else "seconds"
+        body: Any = _err("throttled_error", "throttled",
+                         detail or f"Request was throttled. Expected available in {wait_s} {unit}.")
     elif status == 401:
         body = _err("authentication_error", "authentication_failed",
                     "Personal API key found in request Authorization header is invalid.")
@@ -211,6 +214,7 @@ class FakeRequest:
     params: dict[str, str]
     status: int
     authorized: bool
+    at: float = 0.0  # the throttle clock when it was answered
 
 
 @dataclass
@@ -242,6 +246,19 @@ class _Injection:
     times: int
     body: bytes | None
     wait_s: int
+    detail: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Competitor:
+    """Another tool spending the same key's buckets: one request every 60/rate seconds of the fake's clock."""
+
+    interval_s: float
+    scopes: tuple[str, ...]
+    next_at: float | None = None
+    sent: int = 0
+    throttled: int = 0
 
 
 class FakePostHog:
@@ -282,8 +299,10 @@ class FakePostHog:
         self.hooks: list[Callable[[FakeRequest], None]] = []
         self._chaos: tuple[float, random.Random] | None = None
         self._limits: dict[str, list[tuple[int, float]]] = {}
-        self._history: dict[str, list[float]] = {}
+        self._history: dict[str, deque[float]] = {}
         self._clock: Callable[[], float] = time.monotonic
+        self._recordings_429 = "drf"
+        self.competitors: list[_Competitor] = []
         self._org = _uuid(_hh(seed, 9))
         self._users = [{"id": k + 1, "uuid": _uuid(_hh(seed, 10, k)), "distinct_id": _uuid(_hh(seed, 11, k)),
                         "first_name": n, "last_name": "Example", "email": f"{n.lower()}@example.com",
@@ -363,29 +382,85 @@ class FakePostHog:
         with self._lock:
             self._chaos = (rate, random.Random(seed)) if rate > 0 else None
 
-    def throttle(self, limits: dict[str, list[tuple[int, float]]], clock: Callable[[], float] = time.monotonic) -> None:
+    def throttle(self, limits: dict[str, list[tuple[int, float]]], clock: Callable[[], float] = time.monotonic,
+                 recordings_429: str = "drf") -> None:
         """Throttle like PostHog: DRF's sliding log per scope, 429 with the wait only in the body.
 
         `limits` maps `recordings_list` (the recordings listing), `analytics` (any recordings path) and
         `general` (everything else) to [(requests, seconds), ...]; `clock` may be a test's virtual time.
+        `recordings_429="plan"` answers recordings like the newest servers: the limit and plan named,
+        and a `Retry-After` header (§4); the default is DRF's wording without it (older servers).
         """
+        if recordings_429 not in ("drf", "plan"):
+            raise ValueError(f"recordings_429 must be 'drf' or 'plan', not {recordings_429!r}")
         with self._lock:
             self._limits, self._history, self._clock = dict(limits), {}, clock
+            self._recordings_429 = recordings_429
+
+    def compete(self, rate_per_minute: float, scopes: Sequence[str] = ("general",)) -> _Competitor:
+        """Add another client on the same key, spending `scopes`' budget at `rate_per_minute` on the fake's clock.
+
+        Its requests are refused like ours once a limit is reached (and then not counted, as in DRF);
+        they are not in `requests`. Scopes: `general`, `analytics`, `recordings_list`.
+        """
+        unknown = set(scopes) - {"general", "analytics", "recordings_list"}
+        if unknown or rate_per_minute <= 0:
+            raise ValueError(f"compete: a positive rate and scopes of general/analytics/recordings_list, not {unknown}")
+        competitor = _Competitor(60.0 / rate_per_minute, tuple(scopes))
+        with self._lock:
+            self.competitors.append(competitor)
+        return competitor
+
+    def _wait_for(self, scopes: Sequence[str], now: float) -> tuple[float, tuple[int, float] | None]:
+        """DRF: seconds until every scope has room (the longest), and the limit that binds."""
+        wait, binding = 0.0, None
+        for scope in scopes:
+            history = self._history.setdefault(scope, deque())
+            limits = self._limits.get(scope, [])
+            horizon = max((seconds for _, seconds in limits), default=0.0)
+            while history and history[0] <= now - horizon:
+                history.popleft()
+            for count, seconds in limits:
+                recent = [t for t in history if t > now - seconds]
+                if len(recent) >= count and seconds - (now - recent[0]) > wait:
+                    # DRF: wait until the oldest request in the window expires
+                    wait, binding = seconds - (now - recent[0]), (count, seconds)
+        return wait, binding
+
+    def _run_competitors(self, now: float) -> None:
+        for c in self.competitors:
+            if c.next_at is None:
+                c.next_at = now
+            horizon = max((s for scope in c.scopes for _, s in self._limits.get(scope, [])), default=0.0)
+            if now - c.next_at > horizon + c.interval_s:  # what it did long ago no longer counts
+                c.next_at += (now - c.next_at - horizon) // c.interval_s * c.interval_s
+            while c.next_at <= now:
+                c.sent += 1
+                if self._wait_for(c.scopes, c.next_at)[0] > 0:
+                    c.throttled += 1
+                else:
+                    for scope in c.scopes:
+                        self._history[scope].append(c.next_at)
+                c.next_at += c.interval_s
 
     def _throttled(self, path: str) -> _Injection | None:
         parts = [p for p in path.split("/") if p]
         recordings = len(parts) >= 4 and parts[3] == "session_recordings"
         scopes = (["analytics", "recordings_list"] if len(parts) == 4 else ["analytics"]) if recordings \
             else ["general"]
-        now, wait = self._clock(), 0.0
-        for scope in scopes:
-            history = self._history.setdefault(scope, [])
-            for count, seconds in self._limits.get(scope, []):
-                recent = [t for t in history if t > now - seconds]
-                if len(recent) >= count:  # DRF: wait until the oldest request in the window expires
-                    wait = max(wait, seconds - (now - recent[0]))
+        now = self._clock()
+        self._run_competitors(now)
+        wait, binding = self._wait_for(scopes, now)
         if wait > 0:
-            return _Injection("", 429, 1, None, math.ceil(wait))
+            seconds = math.ceil(wait)
+            if not recordings or self._recordings_429 == "drf" or binding is None:
+                return _Injection("", 429, 1, None, seconds)
+            count, window = binding
+            per = {60.0: "minute", 3600.0: "hour"}.get(window, f"{window:.0f} seconds")
+            what = "Recording list" if len(parts) == 4 else "Recording"
+            detail = (f"Rate limit exceeded. {what} requests are limited to {count} per {per} on the free plan. "
+                      f"Expected available in {seconds} seconds.")
+            return _Injection("", 429, 1, None, seconds, detail, {"Retry-After": str(seconds)})
         for scope in scopes:
             self._history[scope].append(now)
         return None
@@ -863,25 +938,27 @@ class FakePostHog:
                 inj = next((x for x in self._injections if x.path_contains in target), None)
                 if inj is None and self._chaos and self._chaos[1].random() < self._chaos[0]:
                     inj = self._chaos_fault()
-                if inj is None and self._limits:
+                if inj is None and (self._limits or self.competitors):
                     inj = self._throttled(path)
             if inj is not None:
                 status, inj.times = inj.status, inj.times - 1
                 self._injections = [x for x in self._injections if x.times > 0]
             elif authorized and method == "GET":
                 status, body, resource = self._route(path, params, host)
-            self.requests.append(FakeRequest(method, path, params, status, authorized))
+            at = self._clock() if self._limits or self.competitors else 0.0
+            self.requests.append(FakeRequest(method, path, params, status, authorized, at))
             for hook in self.hooks:
                 hook(self.requests[-1])
         if inj is not None:
             if status == 503:
                 headers["Retry-After"] = "1"
+            headers.update(inj.headers)
             if inj.body is not None:
                 json_like = inj.body.lstrip()[:1] in (b"{", b"[")
                 return status, inj.body, "application/json" if json_like else "text/html", headers
             res = next((r for r in RESOURCES if f"/{r}" in path), None)
             listing = path.rstrip("/").endswith(f"/{res}")
-            return status, *_error_body(status, res, inj.wait_s, listing), headers
+            return status, *_error_body(status, res, inj.wait_s, listing, inj.detail), headers
         if body is None:
             return status, *_error_body(status, resource), headers
         if isinstance(body, _Stream):

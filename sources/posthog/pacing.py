@@ -1,8 +1,11 @@
-"""Client-side pacing that mirrors PostHog's per-key rate limits (shared/posthog-api.md §5).
+"""Client-side pacing per API key: PostHog's published limits, and the rate its 429s reveal (shared/posthog-api.md §5).
 
 PostHog throttles with DRF-style sliding logs keyed by the API key: a request is allowed while fewer than
-N requests were made in the last minute/hour. Mirroring that lets a run wait before it would be refused
-instead of collecting 429s.
+N requests were made in the last minute/hour. Mirroring the published numbers lets a run wait before it
+would be refused. A server may throttle harder than published, or another tool may spend the same key's
+budget: then 429s tell the rest. Each 429 sets a "not before" time for its bucket (every thread waits for
+it) and lowers the bucket's allowed rate (multiplicative decrease); requests sent at that pace raise it
+again a little (additive increase), so a run settles just below what the server actually allows.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ MINUTE, HOUR = 60.0, 3600.0
 # per key: the listing tier of session recordings depends on the organisation's plan
 PLANS: dict[str, tuple[int, int]] = {"free": (12, 60), "paid": (60, 300), "enterprise": (100, 400)}
 DEFAULT_LIMITS: dict[str, tuple[int, int]] = {"general": (480, 4800), "analytics": (240, 1200)}
+DECREASE = 0.8  # a 429 sets the allowed rate to this share of the rate the server granted
+INCREASE = 0.02  # each request sent at the allowed pace adds this share of the rate set by the last 429...
+SETTLE = 0.95  # ...up to this share of the granted rate; beyond, it probes for more budget slowly:
+PROBE = 0.001  # this share of the rate per request sent at the allowed pace
 
 
 @dataclass(frozen=True)
@@ -30,19 +37,43 @@ class Window:
         return {MINUTE: "minute", HOUR: "hourly"}.get(self.seconds, f"{self.seconds:.0f} s")
 
 
+@dataclass
+class BucketStats:
+    """What one bucket of the key saw in a run, for the summary."""
+
+    name: str
+    requests: int = 0
+    throttled: int = 0
+    paced_s: float = 0.0
+    # the allowed rate learned from 429s (requests/min); None while no 429 was seen
+    rate_per_min: float | None = None
+    published: str | None = None  # the published limits paced to, e.g. "12/min + 60/h"
+
+
 class Bucket:
-    """A sliding log of request times checked against one or more windows."""
+    """One rate bucket of the key: published windows, the learned rate and the shared "not before" time."""
 
     def __init__(self, name: str, windows: Sequence[Window]) -> None:
         self.name = name
         self.windows = tuple(windows)
-        self._times: deque[float] = deque()
-        self._horizon = max(w.seconds for w in self.windows)
+        self.stats = BucketStats(name, published=" + ".join(
+            f"{w.limit}/{'min' if w.seconds == MINUTE else 'h' if w.seconds == HOUR else f'{w.seconds:.0f}s'}"
+            for w in self.windows) or None)
+        self._times: deque[float] = deque()  # requests the server accepted (a 429 is not logged, as in DRF)
+        self._first: float | None = None
+        self.not_before = float("-inf")
+        self.rate: float | None = None  # requests/s the server allows us; None = not learned yet
+        self._step = self._granted = 0.0
+        self._last = float("-inf")
+        self._lowered_at = float("-inf")
+
+    def _expire(self, now: float) -> None:
+        while self._times and self._times[0] <= now - HOUR:
+            self._times.popleft()
 
     def wait(self, now: float) -> tuple[float, Window | None]:
-        """Seconds until one more request fits every window, and the window that binds."""
-        while self._times and self._times[0] <= now - self._horizon:
-            self._times.popleft()
+        """Seconds until one more request fits every published window, and the window that binds."""
+        self._expire(now)
         longest: tuple[float, Window | None] = (0.0, None)
         for window in self.windows:
             recent = sum(1 for t in self._times if t > now - window.seconds)
@@ -54,17 +85,65 @@ class Bucket:
                     longest = (wait, window)
         return longest
 
+    def delay(self, now: float) -> tuple[float, str]:
+        """Seconds until a request may go out (published windows, a 429's wait, the learned rate), and why."""
+        wait, window = self.wait(now)
+        found = (wait, f"{window.name} request limit reached" if window else "")
+        if self.not_before - now > found[0]:
+            found = (self.not_before - now, "throttled by PostHog (429)")
+        if self.rate and self._last + 1 / self.rate - now > found[0]:
+            found = (self._last + 1 / self.rate - now, f"pacing to the {self.rate * MINUTE:.3g}/min 429s allowed")
+        return found
+
     def take(self, now: float) -> None:
-        """Record one request made at `now`."""
+        """Record one request sent at `now`."""
+        if self.rate and now - self._last < 1.5 / self.rate:
+            # sent at the allowed pace, and no 429 since: go a little faster
+            self.rate += self._step if self.rate < SETTLE * self._granted else PROBE * self.rate
+        self._first = now if self._first is None else self._first
+        self._last = max(self._last, now)
         self._times.append(now)
+        self.stats.requests += 1
+        self._publish()
+
+    def throttled(self, sent_at: float, now: float, wait_s: float) -> None:
+        """A request sent at `sent_at` got a 429 at `now` saying to wait `wait_s`: slow the whole bucket."""
+        self.stats.throttled += 1
+        self.not_before = max(self.not_before, now + wait_s)
+        if sent_at < self._lowered_at:
+            return  # sent at the old pace, before the last 429 lowered it: no new evidence
+        # PostHog's windows are a minute and an hour (§5); over the stretch of that window we have seen,
+        # the server let `accepted` requests through and will take the next only after `wait_s`
+        window = MINUTE if wait_s <= MINUTE + 1 else HOUR
+        span = min(window, now - (self._first if self._first is not None else now))
+        accepted = sum(1 for t in self._times if t > now - span)
+        if accepted < 2:
+            return  # too little to tell a rate from: the wait alone will do
+        self._granted = accepted / (span + wait_s)
+        # never so slow that the pace alone waits longer than the server asked to
+        self.rate = max(DECREASE * self._granted, 1 / max(wait_s, MINUTE))
+        self._step = INCREASE * self.rate
+        self._lowered_at = now
+        self._publish()
+
+    def forget(self, sent_at: float) -> None:
+        """Drop a request the server refused from the log of accepted ones."""
+        try:
+            self._times.remove(sent_at)
+        except ValueError:
+            pass
+
+    def _publish(self) -> None:
+        self.stats.rate_per_min = None if self.rate is None else self.rate * MINUTE
 
 
 class Pacer:
     """The buckets of one API key: general, analytics (ClickHouse) and the recordings listing tier.
 
     Args:
-        plan: `free` (default, the conservative one), `paid`, `enterprise`, or `none` to not pace
-            (self-hosted PostHog throttles only when RATE_LIMIT_ENABLED is on).
+        plan: `free` (default, the conservative one), `paid`, `enterprise`, or `none` to not pace to
+            published limits (self-hosted PostHog throttles only when RATE_LIMIT_ENABLED is on); the
+            rate 429s reveal is learned with every plan.
         custom: overrides as {bucket: (per_minute, per_hour)} for `general`, `analytics`, `recordings_list`.
     """
 
@@ -78,14 +157,17 @@ class Pacer:
             limits[name] = (int(pair[0]), int(pair[1]))
         self.enabled = plan != "none"
         self.buckets = {
-            name: Bucket(name, (Window(per_min, MINUTE), Window(per_hour, HOUR)))
+            name: Bucket(name, (Window(per_min, MINUTE), Window(per_hour, HOUR)) if self.enabled else ())
             for name, (per_min, per_hour) in limits.items()
         }
 
+    @property
+    def stats(self) -> dict[str, BucketStats]:
+        """Per bucket: requests, 429s, pacing time and the rate learned (live objects)."""
+        return {name: bucket.stats for name, bucket in self.buckets.items()}
+
     def buckets_for(self, path: str) -> list[Bucket]:
-        """The buckets a GET of `path` counts against."""
-        if not self.enabled:
-            return []
+        """The buckets a GET of `path` counts against; the last one is the one its 429s are blamed on."""
         parts = [p for p in path.split("/") if p]
         if len(parts) >= 4 and parts[3] == "session_recordings":
             if len(parts) == 4:
@@ -94,11 +176,23 @@ class Pacer:
         return [self.buckets["general"]]
 
     def wait(self, path: str, now: float) -> tuple[float, Window | None]:
-        """Seconds to wait before GET `path` fits every bucket, and the binding window."""
+        """Seconds to wait before GET `path` fits every published window, and the binding window."""
         waits = [bucket.wait(now) for bucket in self.buckets_for(path)]
         return max(waits, key=lambda w: w[0], default=(0.0, None))
 
+    def delay(self, path: str, now: float) -> tuple[float, str]:
+        """Seconds to wait before GET `path` may go out, for any reason, and the reason for messages."""
+        return max((bucket.delay(now) for bucket in self.buckets_for(path)), key=lambda d: d[0])
+
     def take(self, path: str, now: float) -> None:
-        """Record a GET of `path` made at `now`."""
+        """Record a GET of `path` sent at `now`."""
         for bucket in self.buckets_for(path):
             bucket.take(now)
+
+    def throttled(self, path: str, sent_at: float, now: float, wait_s: float) -> None:
+        """A GET of `path` sent at `sent_at` got a 429 at `now` saying to wait `wait_s`."""
+        buckets = self.buckets_for(path)
+        for bucket in buckets:
+            bucket.forget(sent_at)
+        # the body does not name the bucket: blame the narrowest one (the recordings listing tier)
+        buckets[-1].throttled(sent_at, now, wait_s)
