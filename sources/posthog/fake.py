@@ -397,14 +397,15 @@ class FakePostHog:
         return _Injection("", kind, 1, truncated, 1)
 
     def truth(self, project_id: int, resource: str) -> list[dict[str, Any]]:
-        """Every current object of ``resource``, complete, as its detail endpoint returns it."""
+        """Every current object of ``resource``, complete: its detail row merged onto its list row."""
         with self._lock:
             p, now_us = project_id, self._now_us
             if _check(resource) == "session_recordings":
                 a, b, _ = self._rec_window(p, None, None, now_us)
                 rows: list[Any] = self._rec_rows(p, ((i, None) for i in range(a, b)), now_us)
-            elif resource == "session_group_summaries":
-                rows = [self._summary_row(p, j, True) for j in range(self._n_summaries(now_us))]
+            elif resource == "session_group_summaries":  # list row and detail row together
+                rows = [self._summary_row(p, j, False) | self._summary_row(p, j, True)
+                        for j in range(self._n_summaries(now_us))]
             elif resource == "desktop_recordings":
                 rows = [self._desktop_row(p, k, now_us) for k in range(self._n_desktop(now_us))]
             elif resource == "subscriptions":
@@ -644,7 +645,8 @@ class FakePostHog:
             h % 5]
         row: dict[str, Any] = {"id": _oid(1, p, j, h), "title": f"{topic} ({n} sessions)", "session_count": n,
                                "created_at": _iso_us(created), "created_by": self._users[(h >> 8) % 5]}
-        if detail:
+        if detail:  # the retrieve serializer has no session_count (shared/posthog-api.md §7.2)
+            del row["session_count"]
             i_hi = max(0, _cdiv(created - self._rbase * US, self._step * US))
             row |= {
                 "session_ids": [_oid(0, p, i, _mix((self._salt[p] + i) & M64))

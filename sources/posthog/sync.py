@@ -143,13 +143,17 @@ def _dedupe(rows: Iterable[ROW], seen: set[Any], key: tuple[str, ...]) -> list[R
 
 
 def _fetch_details(endpoint: Endpoint, ctx: Context, project_id: int, rows: list[ROW]) -> list[ROW]:
-    """Replace minimal list rows by their full records (group summaries, §7.2), several at a time."""
+    """Enrich list rows with their full records (`/:id/`), several at a time.
+
+    The detail row is merged onto the list row, never replaces it: PostHog's retrieve serializer can
+    lack list fields (group summaries have no `session_count` there, shared/posthog-api.md §7.2).
+    """
     run = ctx.report.run(project_id, endpoint.name)
 
     def fetch(row: ROW) -> ROW | None:
         with ctx.client.counting(run):
             try:
-                return ctx.client.get(f"{list_path(endpoint, project_id)}{row['id']}/")
+                return {**row, **ctx.client.get(f"{list_path(endpoint, project_id)}{row['id']}/")}
             except ResourceUnavailable as error:
                 if error.status != 404:
                     raise
