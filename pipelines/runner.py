@@ -109,6 +109,11 @@ class SyncResult:
             where = f"{run.resource} project {run.project_id}"
             if run.status in ("skipped", "incomplete"):
                 found.append(f"{where} {run.status}: {run.reason}")
+            elif run.unproven:
+                found.append(
+                    f"{where}: {run.unproven} rows unproven (PostHog counted {run.api_count}, "
+                    f"{run.rows_loaded} were loaded; the list changed while it was read or hides rows)"
+                )
             elif run.api_count is not None and run.api_count != run.rows_loaded:
                 found.append(f"{where}: PostHog counted {run.api_count} rows, {run.rows_loaded} were loaded")
         return found
@@ -364,6 +369,7 @@ REPORT_COLUMNS: dict[str, TColumnType] = {
     "rows_fetched": "bigint",
     "rows_loaded": "bigint",
     "api_count": "bigint",
+    "unproven": "bigint",
     "duration_s": "double",
     "status": "text",
     "reason": "text",
@@ -405,12 +411,13 @@ def print_summary(result: SyncResult, options: SyncOptions) -> None:
             echo(f"error: {resource} failed: {message}", err=True)
         return
     rows = [
-        (r.project_id, r.resource, r.rows_fetched, r.rows_loaded, r.requests, r.throttled, r.retries,
+        (r.project_id, r.resource, r.rows_fetched, r.rows_loaded, r.unproven, r.requests, r.throttled, r.retries,
          round(r.duration_s, 1), r.status)
         for r in report.runs.values()
     ]
     print_table(
-        ["project", "resource", "fetched", "loaded", "requests", "429s", "retries", "seconds", "status"], rows
+        ["project", "resource", "fetched", "loaded", "unproven", "requests", "429s", "retries", "seconds", "status"],
+        rows,
     )
     print_rate_buckets(result.client_stats)
     for warning in result.warnings():

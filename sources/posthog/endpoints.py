@@ -59,6 +59,11 @@ class Endpoint:
     scan_tags: tuple[str, ...] = ()
     # rows crossing the date_from edge come back partial and must not replace complete ones (§7.1)
     partial_at_edge: bool = False
+    # full listings: (parameter, field) asking the server to sort ascending on a field rows never change;
+    # servers that ignore the parameter are detected (sync.py `_honours_ordering`)
+    ordering: tuple[str, str] | None = None
+    # full listings: most passes over a list that keeps changing before its rows count as unproven
+    max_passes: int = 4
 
     @property
     def ascending(self) -> bool:
@@ -199,6 +204,9 @@ SUBSCRIPTIONS = Endpoint(
     primary_key=("id",),
     # soft-deleted rows are hidden unless asked for, and `deleted=true` returns only them (§7.4)
     scans=({}, {"deleted": "true"}),
+    # newer servers sort on request (default -created_at); older ones have no order at all (§7.4).
+    # Oldest first, new subscriptions land behind the pages already read.
+    ordering=("ordering", "created_at"),
     columns={
         "id": "bigint",
         "dashboard": "bigint",

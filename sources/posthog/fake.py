@@ -124,6 +124,11 @@ def _iso_us(us: int) -> str:
     return _iso(*divmod(us, US))
 
 
+def parse_iso_s(value: str) -> int:
+    """Epoch seconds of one of the fake's ISO timestamps."""
+    return _to_us(datetime.fromisoformat(value.replace("Z", "+00:00"))) // US
+
+
 def _to_us(dt: datetime) -> int:
     return ((dt if dt.tzinfo else dt.replace(tzinfo=UTC)) - EPOCH) // timedelta(microseconds=1)
 
@@ -269,7 +274,8 @@ class FakePostHog:
                  property_definitions: int = 30, group_types: int = 2, seed: int = 0,
                  now: datetime | None = None, api_key: str = "phx_fake_personal_key",
                  recording_step_s: int = 600, keyset: bool = False, latency_s: float = 0.0,
-                 retention_days: int = 365) -> None:
+                 retention_days: int = 365, subscription_order: str = "heap",
+                 verified_first: bool = True) -> None:
         self._lock = threading.RLock()
         self._now_us = _to_us(now or datetime.now(UTC).replace(microsecond=0))
         self.requests: list[FakeRequest] = []
@@ -310,8 +316,19 @@ class FakePostHog:
                         "role_at_organization": "engineering"}
                        for k, n in enumerate(_PEOPLE[:5])]
         self._viewers = [[u["email"]] for u in self._users]
+        # subscriptions: "heap" = older servers, no ORDER BY (see `_subscriptions`); "ordering" = newer
+        # servers, `?ordering=` honoured; "shuffle" = a different order on every request
+        if subscription_order not in ("heap", "ordering", "shuffle"):
+            raise ValueError(f"unknown subscription_order {subscription_order!r}")
+        self.subscription_order, self._shuffle = subscription_order, random.Random(seed)
+        # enterprise-taxonomy orgs sort definitions `verified DESC NULLS LAST, name ASC` (§7.5)
+        self.verified_first = verified_first
+        self._hidden: dict[tuple[int, str, int | None], int] = {}
+        self._def_timeouts: list[list[Any]] = []
+        self._next_def = 0  # [type, from_offset, times left (-1 = always)]
         self._next_sub_id = 1
-        self._subs: dict[int, list[dict[str, Any]]] = {p: [] for p in self.project_ids}
+        # one project's subscriptions in physical (heap) order; None is a slot freed by an update or delete
+        self._subs: dict[int, list[dict[str, Any] | None]] = {p: [] for p in self.project_ids}
         sub_step = max(60, span // max(1, subscriptions))
         for p in self.project_ids:
             for j in range(subscriptions):
@@ -339,12 +356,63 @@ class FakePostHog:
     def soft_delete_subscription(self, project_id: int, subscription_id: int) -> None:
         """Set ``deleted=true`` on a subscription (hidden from the default listing from now on)."""
         with self._lock:
-            self._sub(project_id, subscription_id)["deleted"] = True
+            self._update_sub(project_id, subscription_id, deleted=True)
 
     def add_subscription(self, project_id: int) -> int:
         """Create a subscription at the current clock time and return its id."""
         with self._lock:
             return self._new_sub(project_id, self._now_us, deleted=False)["id"]
+
+    def touch_subscription(self, project_id: int, subscription_id: int) -> None:
+        """Update a subscription as a delivery does (`next_delivery_date` moves on): it moves in heap order."""
+        with self._lock:
+            row = self._sub(project_id, subscription_id)
+            period = {"daily": 1, "weekly": 7, "monthly": 30}[row["frequency"]] * 86400
+            self._update_sub(project_id, subscription_id,
+                             next_delivery_date=_iso(parse_iso_s(row["next_delivery_date"]) + period))
+
+    def delete_subscription(self, project_id: int, subscription_id: int) -> None:
+        """Hard-delete a subscription (the API answers 405, but deleting its insight cascades)."""
+        with self._lock:
+            heap = self._subs[project_id]
+            heap[heap.index(self._sub(project_id, subscription_id))] = None
+
+    def live_subscriptions(self, project_id: int) -> list[int]:
+        """Ids of the subscriptions the default listing holds now (not soft-deleted)."""
+        with self._lock:
+            return [r["id"] for r in self._subs[project_id] if r is not None and not r["deleted"]]
+
+    def add_property_definition(self, project_id: int, type: str, name: str,
+                                group_type_index: int | None = None) -> str:
+        """Create a property definition (it lands at its sorted place) and return its id."""
+        with self._lock:
+            gti = group_type_index if type == "group" else None
+            rows = self._defs[project_id][(type, gti)]
+            self._next_def += 1
+            row = {**rows[0], "id": _uuid(_hh(self.seed, 14, project_id, self._next_def)),
+                   "name": name, "verified": False, "verified_at": None, "verified_by": None}
+            rows.append(row)
+            rows.sort(key=lambda r: r["name"])
+            return row["id"]
+
+    def verify_property_definition(self, project_id: int, type: str, name: str, verified: bool = True,
+                                   group_type_index: int | None = None) -> None:
+        """Mark a definition verified (or not): with `verified_first` it moves to the other block."""
+        with self._lock:
+            gti = group_type_index if type == "group" else None
+            row = next(r for r in self._defs[project_id][(type, gti)] if r["name"] == name)
+            row["verified"] = verified
+
+    def hide_property_definitions(self, project_id: int, type: str, hidden: int,
+                                  group_type_index: int | None = None) -> None:
+        """Count `hidden` more definitions than any page returns (hidden from the key's user, §7.5)."""
+        with self._lock:
+            self._hidden[(project_id, type, group_type_index if type == "group" else None)] = hidden
+
+    def time_out_property_definitions(self, type: str, *, from_offset: int = 0, times: int = -1) -> None:
+        """Answer listings of that type from `from_offset` on with the 25 s timeout's 503 (-1: always)."""
+        with self._lock:
+            self._def_timeouts.append([type, from_offset, times])
 
     def remove_property_definition(self, project_id: int, type: str, name: str,
                                    group_type_index: int | None = None) -> None:
@@ -472,18 +540,19 @@ class FakePostHog:
         return _Injection("", kind, 1, truncated, 1)
 
     def truth(self, project_id: int, resource: str) -> list[dict[str, Any]]:
-        """Every current object of ``resource``, complete, as its detail endpoint returns it."""
+        """Every current object of ``resource``, complete: its detail row merged onto its list row."""
         with self._lock:
             p, now_us = project_id, self._now_us
             if _check(resource) == "session_recordings":
                 a, b, _ = self._rec_window(p, None, None, now_us)
                 rows: list[Any] = self._rec_rows(p, ((i, None) for i in range(a, b)), now_us)
-            elif resource == "session_group_summaries":
-                rows = [self._summary_row(p, j, True) for j in range(self._n_summaries(now_us))]
+            elif resource == "session_group_summaries":  # list row and detail row together
+                rows = [self._summary_row(p, j, False) | self._summary_row(p, j, True)
+                        for j in range(self._n_summaries(now_us))]
             elif resource == "desktop_recordings":
                 rows = [self._desktop_row(p, k, now_us) for k in range(self._n_desktop(now_us))]
             elif resource == "subscriptions":
-                rows = [self._sub_row(r) for r in self._subs[p]]
+                rows = [self._sub_row(r) for r in self._subs[p] if r is not None]
             else:
                 rows = [{**r, "type": t, "group_type_index": g} for (t, g), defs in self._defs[p].items()
                         for r in self._defs_out(defs + self._virtual(t))]
@@ -719,7 +788,8 @@ class FakePostHog:
             h % 5]
         row: dict[str, Any] = {"id": _oid(1, p, j, h), "title": f"{topic} ({n} sessions)", "session_count": n,
                                "created_at": _iso_us(created), "created_by": self._users[(h >> 8) % 5]}
-        if detail:
+        if detail:  # the retrieve serializer has no session_count (shared/posthog-api.md §7.2)
+            del row["session_count"]
             i_hi = max(0, _cdiv(created - self._rbase * US, self._step * US))
             row |= {
                 "session_ids": [_oid(0, p, i, _mix((self._salt[p] + i) & M64))
@@ -843,12 +913,28 @@ class FakePostHog:
             "next_delivery_date": _iso(start_s + period * (1 + (self._now_us // US - start_s) // period)),
             "invite_message": None, "_created_us": created_us,
         }
-        self._subs[p].append(row)
+        self._place(p, row)
         return row
+
+    def _place(self, p: int, row: dict[str, Any]) -> None:
+        # a new tuple goes to the first free slot a vacuum left, else to the end of the heap
+        heap = self._subs[p]
+        hole = next((k for k, r in enumerate(heap) if r is None), None)
+        if hole is None:
+            heap.append(row)
+        else:
+            heap[hole] = row
+
+    def _update_sub(self, p: int, sid: int, **changes: Any) -> None:
+        # Postgres MVCC: an UPDATE writes a new row version elsewhere and frees the old slot afterwards
+        old = self._sub(p, sid)
+        heap, slot = self._subs[p], self._subs[p].index(old)
+        self._place(p, old | changes)
+        heap[slot] = None
 
     def _sub(self, p: int, sid: int) -> dict[str, Any]:
         for row in self._subs[p]:
-            if row["id"] == sid:
+            if row is not None and row["id"] == sid:
                 return row
         raise KeyError(sid)
 
@@ -858,8 +944,24 @@ class FakePostHog:
     def _subscriptions(self, p: int, params: dict[str, str]) -> tuple[Any, Any]:
         # soft-deleted rows are hidden unless a `deleted` param is sent; deleted=true lists only them
         want = params.get("deleted", "false").lower() in ("true", "1")
-        rows = sorted(self._subs[p], key=lambda r: (r["_created_us"], r["id"]), reverse=True)
-        return [r for r in rows if r["deleted"] == want], self._sub_row
+        # Older servers have no ORDER BY (§7.4): Postgres returns rows in physical order (a seq scan, a
+        # bitmap scan, or a btree scan on team_id, whose equal keys are in heap order since PG 12). That
+        # order is stable between requests, but every UPDATE (a soft delete, or the next_delivery_date
+        # bump after each delivery) writes a new row version into a freed slot or at the end, and
+        # inserts fill freed slots: rows move, also back into pages already read.
+        rows = [r for r in self._subs[p] if r is not None and r["deleted"] == want]
+        if self.subscription_order == "shuffle":
+            self._shuffle.shuffle(rows)
+        elif self.subscription_order == "ordering":
+            field = params.get("ordering", "-created_at")
+            name = field.removeprefix("-")
+            if name not in ("created_at", "next_delivery_date", "title", "created_by__email"):
+                name, field = "created_at", "-created_at"  # DRF's OrderingFilter drops unknown fields
+            # no id tiebreaker: equal values stay in heap order (Python's sort is stable)
+            rows.sort(key=lambda r: (r["created_by"] or {}).get("email") or "" if name == "created_by__email"
+                      else r["_created_us"] if name == "created_at" else r[name] or "",
+                      reverse=field.startswith("-"))
+        return rows, self._sub_row
 
     # -- property definitions --------------------------------------------------------------------
 
@@ -910,11 +1012,21 @@ class FakePostHog:
                             "group_type_index")
         gti = None if raw is None else int(raw)
         real = self._defs[p].get((type_, gti), [])
+        if self.verified_first:  # verified DESC NULLS LAST, name ASC
+            real = sorted(real, key=lambda r: (r.get("verified") is not True, r.get("verified") is None))
         virt = self._virtual(type_) if (type_, gti) in self._defs[p] else []
         limit, offset = _pos_int(params.get("limit"), 100, strict=True), _pos_int(params.get("offset"), 0)
+        for timeout in self._def_timeouts:
+            if timeout[0] == type_ and offset >= timeout[1] and timeout[2] != 0:
+                timeout[2] -= timeout[2] > 0
+                # newer servers stop a listing after 25 s (`definition_listing.py`, §7.5) ⚠️ body wording
+                return 503, _err("server_error", "service_unavailable",
+                                 "Listing property definitions took too long. Please try again.")
+        # hidden definitions (§7.5 property_access ⚠️) are counted, paged over, never returned
+        paged = len(real) + self._hidden.get((p, type_, gti), 0)
         # virtual rows ride on the last real page and count in `count`, but `next` ignores them
-        rows = real[offset:offset + limit] + (virt if offset + limit >= len(real) else [])
-        return 200, _drf_body(len(real) + len(virt), len(real), offset, limit, self._defs_out(rows), url)
+        rows = real[offset:offset + limit] + (virt if offset + limit >= paged else [])
+        return 200, _drf_body(paged + len(virt), paged, offset, limit, self._defs_out(rows), url)
 
     # -- HTTP ------------------------------------------------------------------------------------
 
@@ -1026,7 +1138,7 @@ class FakePostHog:
             i = self._rec_index(p, oid, now_us)
             return None if i is None else self._rec_rows(p, ((i, None),), now_us)[0]
         if resource == "subscriptions":
-            return next((self._sub_row(r) for r in self._subs[p] if str(r["id"]) == oid), None)
+            return next((self._sub_row(r) for r in self._subs[p] if r is not None and str(r["id"]) == oid), None)
         if resource == "property_definitions":
             return next((r | self._extra[resource] for rows in self._defs[p].values() for r in rows
                          if r["id"] == oid), None)

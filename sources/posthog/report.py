@@ -22,6 +22,8 @@ class ResourceRun:
     rows_fetched: int = 0
     rows_loaded: int = 0
     api_count: int | None = None
+    # rows of full listings not proven read: counted but never returned, or the list never settled
+    unproven: int = 0
     duration_s: float = 0.0
     status: str = "ok"  # ok | skipped | incomplete | failed
     reason: str | None = None

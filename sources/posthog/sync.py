@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import dlt
@@ -143,13 +144,17 @@ def _dedupe(rows: Iterable[ROW], seen: set[Any], key: tuple[str, ...]) -> list[R
 
 
 def _fetch_details(endpoint: Endpoint, ctx: Context, project_id: int, rows: list[ROW]) -> list[ROW]:
-    """Replace minimal list rows by their full records (group summaries, §7.2), several at a time."""
+    """Enrich list rows with their full records (`/:id/`), several at a time.
+
+    The detail row is merged onto the list row, never replaces it: PostHog's retrieve serializer can
+    lack list fields (group summaries have no `session_count` there, shared/posthog-api.md §7.2).
+    """
     run = ctx.report.run(project_id, endpoint.name)
 
     def fetch(row: ROW) -> ROW | None:
         with ctx.client.counting(run):
             try:
-                return ctx.client.get(f"{list_path(endpoint, project_id)}{row['id']}/")
+                return {**row, **ctx.client.get(f"{list_path(endpoint, project_id)}{row['id']}/")}
             except ResourceUnavailable as error:
                 if error.status != 404:
                     raise
@@ -339,7 +344,11 @@ def _scans(endpoint: Endpoint, ctx: Context, project_id: int) -> list[dict[str, 
 
 
 def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Iterator[Any]:
-    """Read the whole list every run, once per scan (soft-deleted rows, property types)."""
+    """Read the whole list every run, once per scan (soft-deleted rows, property types).
+
+    Each scan is read until its listing is settled (see `_full_listing`); what could not be proven
+    complete is still loaded, and counted on the run as `unproven`.
+    """
     run = ctx.report.run(project_id, endpoint.name)
     path = list_path(endpoint, project_id)
     rows_by_key: dict[Any, ROW] = {}
@@ -347,9 +356,14 @@ def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str
     try:
         for scan in _scans(endpoint, ctx, project_id):
             tags = {k: v for k, v in scan.items() if k in endpoint.scan_tags}
-            rows, count = _full_listing(endpoint, ctx, path, {**endpoint.params, **scan}, run)
-            api_count += count if count is not None else len(rows)
-            for row in rows:
+            listing = _full_listing(endpoint, ctx, path, {**endpoint.params, **scan}, run)
+            api_count += listing.count if listing.count is not None else len(listing.rows)
+            if listing.unproven:
+                run.unproven += listing.unproven
+                where = f"{endpoint.name} project {project_id}" + (f" {tags}" if tags else "")
+                logger.warning("%s: %d rows unproven after %d passes (%s)", where, listing.unproven,
+                               listing.passes, listing.why)
+            for row in listing.rows.values():
                 row.update(tags, project_id=project_id)
                 rows_by_key[tuple(row.get(k) for k in (*endpoint.scan_tags, *endpoint.primary_key))] = row
     except BudgetExhausted as error:
@@ -361,36 +375,147 @@ def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str
         yield from emit(endpoint, ctx, run, rows[start : start + 5000])
 
 
-def _full_listing(
-    endpoint: Endpoint, ctx: Context, path: str, params: dict[str, Any], run: ResourceRun, attempts: int = 3
-) -> tuple[list[ROW], int | None]:
-    """One complete listing, de-duplicated on id, checked against the API's own count.
+@dataclass
+class _Pass:
+    """One walk through an offset-paged list: its rows in list order and what the pages said."""
 
-    A row deleted while offset pages are read shifts later rows back, so one can be skipped. DRF
-    counts every page, so a count that changes during the listing, or fewer rows than counted,
-    means the list moved under us: it is read again.
+    ids: list[Any] = field(default_factory=list)
+    rows: dict[Any, ROW] = field(default_factory=dict)
+    counts: list[int] = field(default_factory=list)
+    shifted: bool = False  # a page did not start with the rows the page before ended with
+    ordered: bool = True  # every page was sorted on the endpoint's ordering field
+    requests: int = 0
+    error: str | None = None  # a page kept failing (e.g. the definitions listing's 25 s timeout)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing moved that the pages could show: same count throughout, every overlap in place."""
+        return self.error is None and not self.shifted and len(set(self.counts)) <= 1
+
+    @property
+    def snapshot(self) -> bool:
+        """One page held the whole list: a single query, so nothing can have moved under it."""
+        return self.error is None and self.requests == 1
+
+
+@dataclass
+class Listing:
+    """A full listing: the union of its passes, PostHog's last count and how much stayed unproven."""
+
+    rows: dict[Any, ROW]
+    count: int | None
+    unproven: int
+    passes: int
+    why: str = ""
+
+
+def _full_listing(
+    endpoint: Endpoint, ctx: Context, path: str, params: dict[str, Any], run: ResourceRun
+) -> Listing:
+    """Read an offset-paged list completely although rows are created, deleted and moved meanwhile.
+
+    Each pass re-reads the end of the previous page (more when the count fell) and steps back further
+    while none of those rows is found, so rows sliding back never fall between two pages. Rows can
+    still move into the part already read: a pass over a list sorted on a field rows never change
+    (asked for with `endpoint.ordering`, and checked, because older servers ignore the parameter,
+    §7.4) proves itself; an unordered list is proven by two passes that settled on the same ids.
+    Passes are bounded; the union of all passes is kept, and whatever stayed unproven is counted.
     """
-    rows: list[ROW] = []
-    counts: set[int] = set()
-    for attempt in range(attempts):
-        seen: set[Any] = set()
-        rows, counts = [], set()
-        params = {**params, "limit": ctx.page_size(endpoint)}
-        for page, body in ctx.client.pages(path, params, endpoint.paging):
-            ctx.report.fetched(run, len(page))
-            if isinstance(body.get("count"), int):
-                counts.add(body["count"])
-            # virtual property rows repeat on the last page; unordered pages can repeat rows (§7.4-5)
-            rows.extend(_dedupe(page, seen, ("id",)))
-        if not counts or (len(counts) == 1 and len(rows) >= min(counts)):
-            return rows, min(counts, default=None)
-        logger.warning(
-            "%s: the list changed while it was read (%d rows, PostHog counted %s); reading it again (%d/%d)",
-            endpoint.name, len(rows), "/".join(map(str, sorted(counts))), attempt + 1, attempts,
-        )
-    if endpoint.replace_per_project:
-        raise PostHogError(f"{endpoint.name}: the list kept changing while it was read; not replacing it")
-    return rows, max(counts)
+    ordering = endpoint.ordering
+    ordered = ordering is not None and _honours_ordering(endpoint, ctx, path, params, run)
+    if ordering is not None:
+        params = {**params, ordering[0]: ordering[1]}
+    union: dict[Any, ROW] = {}
+    previous: _Pass | None = None
+    count: int | None = None
+    for number in range(1, endpoint.max_passes + 1):
+        walk = _walk(endpoint, ctx, path, params, run, ordering[1] if ordered and ordering else None)
+        union.update(walk.rows)
+        count = walk.counts[-1] if walk.counts else count
+        short = max(0, (count or 0) - len(union))
+        if walk.error is not None:
+            return Listing(union, count, max(1, short), number, walk.error)
+        if walk.snapshot:
+            return Listing(union, count, short, number, "PostHog counted more rows than it returned")
+        if ordered and walk.ordered and walk.counts:
+            if not short or (previous is not None and len(union) == len(previous.rows)):
+                # rows counted but never returned (hidden, §7.5), or created faster than we read
+                return Listing(union, count, short, number, "PostHog counted more rows than it returned")
+        elif previous is not None and walk.settled and previous.settled and set(walk.ids) == set(previous.ids):
+            return Listing(union, count, short, number, "PostHog counted more rows than it returned")
+        if walk.ordered is False:
+            ordered = False  # the server stopped sorting (or never did): prove it by passes instead
+        previous = walk
+    why = "the list kept changing while it was read"
+    return Listing(union, count, max(1, (count or 0) - len(union)), endpoint.max_passes, why)
+
+
+def _honours_ordering(endpoint: Endpoint, ctx: Context, path: str, params: dict[str, Any], run: ResourceRun) -> bool:
+    """Whether the server sorts on `endpoint.ordering`: ask for the reverse order and look.
+
+    Older servers ignore the parameter and return rows in storage order, which runs oldest first, so a
+    newest-first page of distinct values can only come from a server that sorts.
+    """
+    assert endpoint.ordering is not None
+    name, value = endpoint.ordering
+    body = ctx.client.get(path, {**params, name: f"-{value}", "limit": 5})
+    ctx.report.fetched(run, 0)
+    keys = [_order_key(row, value) for row in body.get("results", [])]
+    return len(set(keys)) > 1 and keys == sorted(keys, reverse=True)
+
+
+def _order_key(row: ROW, name: str) -> Any:
+    value = row.get(name)
+    return parse_time(value) if name.endswith("_at") and isinstance(value, str) else value
+
+
+def _walk(
+    endpoint: Endpoint, ctx: Context, path: str, params: dict[str, Any], run: ResourceRun, order: str | None
+) -> _Pass:
+    """One pass: pages of `limit`, each re-reading the previous page's last rows."""
+    size = ctx.page_size(endpoint)
+    overlap = max(2, size // 10)
+    walk = _Pass()
+    frontier, back, tail = 0, 0, []  # server position after the last page, how far to re-read, its last ids
+    while True:
+        # bounded: a pass takes at most about twice its pages plus the steps back (each doubles `back`)
+        if walk.requests > 16 + 3 * (max(walk.counts, default=0) // size + 1):
+            walk.error = "gave up: the list kept sliding back"
+            return walk
+        offset = max(0, frontier - back)
+        walk.requests += 1
+        try:
+            body = ctx.client.get(path, {**params, "limit": size + frontier - offset, "offset": offset})
+        except TransientError as error:
+            walk.error = str(error)
+            return walk
+        page = body.get("results")
+        if not isinstance(page, list):
+            raise PostHogError(f"GET {path}: the response has no `results` list")
+        ctx.report.fetched(run, len(page))
+        count = body.get("count")
+        if isinstance(count, int):
+            walk.counts.append(count)
+        ids = [row.get("id") for row in page]
+        if tail and offset > 0 and not set(tail) & set(ids):
+            # every row we ended on is gone from here: the list slid back further than we re-read
+            walk.shifted, back = True, max(2 * back, overlap)
+            continue
+        if tail and ids[: len(tail)] != tail:
+            walk.shifted = True
+        if order is not None and walk.ordered:
+            keys = [_order_key(row, order) for row in page]
+            walk.ordered = all(a is not None and b is not None and a <= b for a, b in pairwise(keys))
+        for ident, row in zip(ids, page, strict=True):
+            if ident not in walk.rows:
+                walk.ids.append(ident)
+            walk.rows[ident] = row  # virtual definitions repeat (§7.5): one row per id
+        if not body.get("next"):
+            return walk
+        frontier += size
+        tail = ids[-overlap:]
+        drop = walk.counts[-2] - walk.counts[-1] if len(walk.counts) > 1 else 0
+        back = min(frontier, overlap + max(0, drop))  # rows deleted before us slid back that far
 
 
 READERS = {"date_from": read_date_from, "watermark": read_watermark, "full": read_full}
