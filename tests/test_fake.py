@@ -111,9 +111,17 @@ def test_window_edge_rows_are_partial_and_ordered(fake: FakePostHog, api: httpx.
                     params={"session_ids": json.dumps([r["id"] for r in partial])}).json()["results"]
     assert sorted(by_id, key=lambda r: r["id"]) == sorted((truth[r["id"]] for r in partial),
                                                           key=lambda r: r["id"])
-    # date_to bounds the effective start; DESC is the exact reverse; keyset pages agree with offsets
+    # date_to bounds the effective start and cuts sessions running past it (parts starting later are left
+    # out); DESC is the exact reverse; keyset pages agree with offsets
     bounded = recordings(api, **params, date_to=date_to.isoformat())
-    assert bounded == [r for r in rows if ts(r["start_time"]) <= date_to]
+    inside = [r for r in rows if ts(r["start_time"]) <= date_to]
+    assert [r["id"] for r in bounded] == [r["id"] for r in inside]
+    cut = [(r, whole) for r, whole in zip(bounded, inside, strict=True) if r != whole]
+    assert cut, "some sessions should cross the upper edge"
+    for r, whole in cut:
+        assert r["start_time"] == whole["start_time"] and ts(whole["end_time"]) > ts(r["end_time"]) > date_to
+        assert r["recording_duration"] < whole["recording_duration"] and r["click_count"] <= whole["click_count"]
+    assert all(ts(r["end_time"]) <= date_to + timedelta(minutes=15) for r in bounded)
     desc = recordings(api, **{**params, "order_direction": "DESC"}, date_to=date_to.isoformat())
     assert [r["id"] for r in desc] == [r["id"] for r in reversed(bounded)]
     keyset, after = [], None

@@ -14,7 +14,7 @@ from sources.posthog import ENDPOINTS
 from sources.posthog.fake import FakePostHog
 from sources.posthog.sync import parse_time
 
-from .conftest import NOW, PROJECTS, query, requests_to, sync
+from .conftest import NOW, PROJECTS, SERVERS, both_servers, query, requests_to, sync
 
 COMPARED = {
     "session_recordings": ["id", "start_time", "end_time", "recording_duration", "click_count", "ongoing",
@@ -64,6 +64,7 @@ def assert_matches_truth(fake: FakePostHog, options: SyncOptions) -> None:
         assert landed == expected, (resource, sorted(landed ^ expected)[:4])
 
 
+@both_servers
 def test_first_sync_lands_everything_the_api_holds(fake: FakePostHog, options: SyncOptions) -> None:
     sync(options)
     assert_matches_truth(fake, options)
@@ -75,6 +76,7 @@ def test_first_sync_lands_everything_the_api_holds(fake: FakePostHog, options: S
     assert types == ("TIMESTAMP WITH TIME ZONE", "BIGINT", "BOOLEAN", "JSON")
 
 
+@both_servers
 def test_recordings_requests_page_to_the_end_with_explicit_date_from(
     fake: FakePostHog, options: SyncOptions
 ) -> None:
@@ -82,14 +84,20 @@ def test_recordings_requests_page_to_the_end_with_explicit_date_from(
     sync(options)
     sent = [r for r in requests_to(fake, "session_recordings") if r.params.get("date_from")]
     project_1 = [r for r in sent if r.path.startswith("/api/projects/1/")]
-    assert len(project_1) >= 3  # 150 recordings, pages of 40
-    assert {r.params["date_from"] for r in project_1} == {options.initial_date_from}
+    assert len(project_1) >= 4  # 150 recordings, pages of 40
+    assert project_1[0].params["date_from"] == options.initial_date_from
     assert all(r.params["order"] == "start_time" and r.params["order_direction"] == "ASC" for r in project_1)
-    offsets = [int(r.params.get("offset", 0)) for r in project_1]
-    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
-    assert all(set(r.params) <= {"date_from", "order", "order_direction", "limit", "offset"} for r in sent)
+    assert not any("offset" in r.params for r in sent)  # offset=0 would switch newer servers off keyset
+    if fake.keyset:  # keyset pages: one date_from, each page after the previous page's cursor
+        assert {r.params["date_from"] for r in project_1} == {options.initial_date_from}
+        assert [("after" in r.params) for r in project_1] == [False] + [True] * (len(project_1) - 1)
+    else:  # no cursor: each page starts at the last start read, never by offset (rows shift, §7.1)
+        starts = [parse_time(r.params["date_from"]) for r in project_1]
+        assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    assert all(set(r.params) <= {"date_from", "order", "order_direction", "limit", "after"} for r in sent)
 
 
+@both_servers
 def test_second_sync_is_incremental_and_equals_the_current_state(
     fake: FakePostHog, options: SyncOptions
 ) -> None:
@@ -108,8 +116,10 @@ def test_second_sync_is_incremental_and_equals_the_current_state(
 
     assert_matches_truth(fake, options)
     sent = [r for r in requests_to(fake, "session_recordings") if r.path.startswith("/api/projects/1/")
-            and "date_from" in r.params]
-    assert {parse_time(r.params["date_from"]) for r in sent} == {cursor - timedelta(days=1)}
+            and "date_from" in r.params and "session_ids" not in r.params]
+    assert parse_time(sent[0].params["date_from"]) == cursor - timedelta(days=1)
+    if fake.keyset:
+        assert {parse_time(r.params["date_from"]) for r in sent} == {cursor - timedelta(days=1)}
     assert query(options, f"SELECT deleted FROM posthog.subscriptions WHERE project_id = 1 AND id = {deleted_sub}") \
         == [(True,)]
     assert query(options, "SELECT count(*) FROM posthog.property_definitions WHERE project_id = 1 AND "
@@ -123,6 +133,7 @@ def test_second_sync_is_incremental_and_equals_the_current_state(
     assert dupes == [(0,)]
 
 
+@both_servers
 def test_partial_rows_at_the_window_edge_never_replace_complete_ones(
     fake: FakePostHog, options: SyncOptions
 ) -> None:
@@ -233,6 +244,7 @@ def test_throttled_and_failing_requests_are_retried(fake: FakePostHog, options: 
     assert report == [("subscriptions", 1, 3)]
 
 
+@both_servers
 def test_full_refresh_rebuilds_the_selected_tables(fake: FakePostHog, options: SyncOptions) -> None:
     options.resources = ["subscriptions", "session_recordings"]
     sync(options)
@@ -240,8 +252,11 @@ def test_full_refresh_rebuilds_the_selected_tables(fake: FakePostHog, options: S
     options.full_refresh = True
     options.resources = ["session_recordings"]
     sync(options)
-    dates = {r.params.get("date_from") for r in requests_to(fake, "session_recordings")}
-    assert dates == {options.initial_date_from}
+    sent = requests_to(fake, "session_recordings")
+    firsts = {r.path: r.params.get("date_from") for r in reversed(sent)}  # each project's first request
+    assert set(firsts.values()) == {options.initial_date_from}
+    if fake.keyset:
+        assert {r.params.get("date_from") for r in sent} == {options.initial_date_from}
     assert landed_rows(options, "session_recordings") == truth_rows(fake, "session_recordings")
     assert landed_rows(options, "subscriptions") == truth_rows(fake, "subscriptions")
 
@@ -278,9 +293,12 @@ def test_a_type_contradiction_fails_that_table_only_and_loads_nothing_of_it(
     assert landed_rows(options, "property_definitions") == truth_rows(fake, "property_definitions")
 
 
-def test_recordings_expired_in_posthog_stay_in_the_destination(tmp_path: Path, options: SyncOptions) -> None:
-    fake = FakePostHog(project_ids=PROJECTS, now=NOW, seed=3, recordings=100, recording_step_s=3000,
-                       retention_days=4)
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_recordings_expired_in_posthog_stay_in_the_destination(
+    tmp_path: Path, options: SyncOptions, server: str
+) -> None:
+    fake = FakePostHog(project_ids=PROJECTS, now=NOW, recordings=100, recording_step_s=3000,
+                       retention_days=4, **{**SERVERS[server], "seed": 3})
     with fake.serve() as url:
         options.host, options.resources = url, ["session_recordings"]
         sync(options)

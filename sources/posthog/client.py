@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -71,8 +72,44 @@ class BudgetExhausted(PostHogError):
     """The rate budget needs a longer wait than allowed: stop cleanly, keep what was loaded."""
 
 
-class QueryTimeout(PostHogError):
-    """PostHog's recordings query ran out of time (429 without a wait, §6): ask for smaller pages."""
+class QueryTooBig(PostHogError):
+    """The recordings list query was too big for ClickHouse (504/512/513, a wait-less 429, §6): the
+    same request would fail again, a smaller page or date window may not."""
+
+
+class QueryLimits:
+    """The largest recordings page PostHog answered in time, learned once and shared by every project.
+
+    A page size that was too big is never asked for again in the run; `size` is kept in the resource
+    state so the next run starts from it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.size: int | None = None
+        self.floor = MIN_PAGE
+
+    def start(self, configured: int, stored: int | None = None) -> None:
+        """Take the configured page size (its floor: a 16th, 10 to 100 rows) and a size a run stored."""
+        with self._lock:
+            self.floor = min(MIN_PAGE, max(10, configured // 16), configured)
+            for size in (configured, stored):
+                if size:
+                    self.size = min(self.size or size, max(int(size), self.floor))
+
+    def cap(self, limit: int) -> int:
+        """The page size to ask for: `limit`, unless a bigger one timed out."""
+        with self._lock:
+            return min(limit, self.size) if self.size else limit
+
+    def shrink(self, tried: int) -> int | None:
+        """Half of a page size that was too big, or None at the floor (then narrow the date window)."""
+        with self._lock:
+            if tried <= self.floor:
+                return None
+            smaller = max(self.floor, tried // 2)
+            self.size = min(self.size or smaller, smaller)
+            return smaller
 
 
 class TransientError(Exception):
@@ -289,8 +326,8 @@ class PostHogClient:
             if wait is None and any(words in detail.lower() for words in _CLICKHOUSE_429):
                 with self._lock:  # not the rate limit: the server accepted the request
                     self.pacer.buckets_for(path)[-1].stats.throttled += 1
-                if "timeout" in detail.lower() and int(params.get("limit", 0)) > MIN_PAGE:
-                    raise QueryTimeout(f"{where}: {detail}")
+                if _recordings_list(path):  # ask for less, never the same again (§6)
+                    raise QueryTooBig(f"{where}: HTTP 429 {detail[:120]}")
                 raise TransientError(f"{where}: 429 {detail}")
             self._wait_out(path, where, detail, wait, sent_at, throttled)
 
@@ -333,6 +370,8 @@ class PostHogClient:
             except orjson.JSONDecodeError as error:
                 raise TransientError(f"{where}: invalid or truncated JSON in the response") from error
         detail = _detail(response)
+        if _recordings_list(path) and status in (504, 512, 513):
+            raise QueryTooBig(f"{where}: HTTP {status} {detail[:120]}")
         if status >= 500:
             raise TransientError(f"{where}: HTTP {status} {detail[:120]}")
         if status == 401 and self._project_token:
@@ -363,24 +402,27 @@ class PostHogClient:
         raise PostHogError(f"{where}: HTTP {status} {detail}")
 
     def pages(
-        self, path: str, params: Mapping[str, Any], paging: str
+        self, path: str, params: Mapping[str, Any], paging: str, limits: QueryLimits | None = None
     ) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
         """Yield (rows, body) for every page of a list, ending only on the API's own end signal.
 
-        `has_next` lists (recordings, §7.1) page by offset or, where the server offers it, by the
-        keyset cursor; DRF lists follow `next`. A short page never ends paging. While the caller
-        works on one page, the next one is already being fetched.
+        `has_next` lists (recordings, §7.1) page by the keyset cursor where the server offers one;
+        otherwise, listed by `start_time` ascending, each page starts at the last page's last start
+        (`date_from`), because offset pages without a tiebreaker shift when rows expire, are deleted
+        or tie (§7.1): the caller drops rows it already has. DRF lists follow `next`. A short page never
+        ends paging. With `limits`, a page too big for ClickHouse is asked for again at half the size
+        (`QueryTooBig` escapes at the floor). While the caller works on one page, the next is fetched.
         """
         counters = getattr(self._local, "counters", None)
 
         def fetch(page_params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             with self.counting(counters):
-                return self._page(path, page_params)
+                return self._page(path, page_params, limits)
 
         pages_read: set[frozenset[tuple[str, str]]] = {_page_id(params)}
         pool = ThreadPoolExecutor(max_workers=1)
         try:
-            current, body = self._page(path, dict(params))
+            current, body = self._page(path, dict(params), limits)
             while True:
                 rows: list[dict[str, Any]] = body["results"]
                 following = _following(path, paging, current, body, pages_read)
@@ -392,15 +434,23 @@ class PostHogClient:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _page(self, path: str, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """GET one page (and the params it was read with), halving its size while PostHog times out."""
+    def _page(
+        self, path: str, params: dict[str, Any], limits: QueryLimits | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """GET one page (and the params it was read with), halving its size while it is too big."""
         while True:
+            if limits is not None and "limit" in params:
+                params = {**params, "limit": limits.cap(int(params["limit"]))}
             try:
                 body = self.get(path, params)
-            except QueryTimeout as error:
-                # a page too big to finish within PostHog's 60 s query limit: ask for half (§6)
-                params = {**params, "limit": max(MIN_PAGE, int(params["limit"]) // 2)}
-                logger.warning("%s; retrying with pages of %d", error, params["limit"])
+            except QueryTooBig as error:
+                smaller = limits.shrink(int(params.get("limit", 50))) if limits is not None else None
+                if smaller is None:
+                    raise
+                # the same size would time out again (§6): every later page of the run asks for less
+                self._count("retries")
+                logger.warning("%s; asking for pages of %d", error, smaller)
+                params = {**params, "limit": smaller}
                 continue
             if not isinstance(body, dict) or not isinstance(body.get("results"), list):
                 raise PagingError(f"GET {path}: the response has no `results` list")
@@ -420,6 +470,15 @@ def _following(
         if body.get("next_cursor"):
             following = {k: v for k, v in params.items() if k != "offset"}
             return {**following, "after": body["next_cursor"]}
+        if params.get("order") == "start_time" and params.get("order_direction") == "ASC" and \
+                rows[-1].get("start_time"):
+            last = rows[-1]["start_time"]
+            if "date_from" in params and _same_time(last, params["date_from"]):
+                raise PagingError(
+                    f"GET {path}: a whole page of {len(rows)} recordings starts at {last}; "
+                    "raise the page size to read past them"
+                )
+            return {**{k: v for k, v in params.items() if k != "offset"}, "date_from": last}
         return {**params, "offset": int(params.get("offset", 0)) + len(rows)}
     next_url = body.get("next")
     if not next_url:
@@ -433,6 +492,19 @@ def _following(
         following = {**params, "offset": int(params.get("offset", 0)) + len(rows)}
     pages_read.add(_page_id(following))
     return following
+
+
+def _same_time(a: str, b: str) -> bool:
+    try:
+        return datetime.fromisoformat(a.replace("Z", "+00:00")) == datetime.fromisoformat(b.replace("Z", "+00:00"))
+    except ValueError:
+        return a == b
+
+
+def _recordings_list(path: str) -> bool:
+    """`/api/projects/:id/session_recordings/`: the ClickHouse-backed listing (§6)."""
+    parts = [p for p in path.split("/") if p]
+    return len(parts) == 4 and parts[3] == "session_recordings"
 
 
 def _resource(path: str) -> str:

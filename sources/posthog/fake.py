@@ -267,14 +267,21 @@ class _Competitor:
 
 
 class FakePostHog:
-    """A deterministic, thread-safe PostHog API fake with a movable clock; ``serve()`` starts HTTP."""
+    """A deterministic, thread-safe PostHog API fake with a movable clock; ``serve()`` starts HTTP.
+
+    Recordings behave like the newest servers by default (``keyset=True``: `next_cursor`, a tiebreaker,
+    `session_ids` skipping the date window). ``keyset=False`` is an older server: offset paging only,
+    no tiebreaker (equal start times, see ``tie_group``, come in a different order per query), and
+    `session_ids` re-reads cut by the date window (default ``-3d``). See ``too_big`` and
+    ``delete_recording`` for ClickHouse limits and deletions.
+    """
 
     def __init__(self, *, project_ids: Sequence[int] = (1, 2), recordings: int = 120,
                  desktop_recordings: int = 12, segments: int = 8, summaries: int = 25, subscriptions: int = 9,
                  property_definitions: int = 30, group_types: int = 2, seed: int = 0,
                  now: datetime | None = None, api_key: str = "phx_fake_personal_key",
-                 recording_step_s: int = 600, keyset: bool = False, latency_s: float = 0.0,
-                 retention_days: int = 365, subscription_order: str = "heap",
+                 recording_step_s: int = 600, keyset: bool = True, latency_s: float = 0.0,
+                 retention_days: int = 365, tie_group: int = 1, subscription_order: str = "heap",
                  verified_first: bool = True) -> None:
         self._lock = threading.RLock()
         self._now_us = _to_us(now or datetime.now(UTC).replace(microsecond=0))
@@ -286,7 +293,7 @@ class FakePostHog:
         t0 = self._now_us // US
         # every kind of object has a creation schedule base + k*step (+ jitter < step) that keeps
         # producing new objects as the clock advances; `count` of them exist at construction time
-        self._step = max(1, recording_step_s)
+        self._step, self._tie = max(1, recording_step_s), max(1, tie_group)
         self._rbase = t0 - recordings * self._step
         span = max(recordings * self._step, 86400)
         self._sstep = max(1, span // max(1, summaries))
@@ -297,7 +304,10 @@ class FakePostHog:
         self._rid = {p: (f"-{p & 0xFFFF:04x}-7", f"-8{(p >> 16) & 0xFFF:03x}-") for p in self.project_ids}
         self._npersons = max(3, min(1000, recordings // 3))
         self._persons: dict[tuple[int, int], dict[str, Any]] = {}
-        self._edges: dict[tuple[Any, ...], tuple[int, int, list[tuple[int, int]]]] = {}
+        self._edges: dict[tuple[Any, ...], tuple[int, int, list[tuple[int, int]], list[int]]] = {}
+        self._deleted: dict[int, set[int]] = {}
+        self._del_version = 0
+        self._too_big: tuple[int | None, float | None, tuple[int | str, ...], random.Random] | None = None
         self._extra: dict[str, dict[str, object]] = {r: {} for r in RESOURCES}
         self._disabled: dict[tuple[int, str], int] = {}
         self._injections: list[_Injection] = []
@@ -544,8 +554,8 @@ class FakePostHog:
         with self._lock:
             p, now_us = project_id, self._now_us
             if _check(resource) == "session_recordings":
-                a, b, _ = self._rec_window(p, None, None, now_us)
-                rows: list[Any] = self._rec_rows(p, ((i, None) for i in range(a, b)), now_us)
+                a, b, _, dels = self._rec_window(p, None, None, now_us)
+                rows: list[Any] = self._rec_rows(p, self._rec_take(a, b, [], dels, 0, b - a - len(dels)), now_us)
             elif resource == "session_group_summaries":  # list row and detail row together
                 rows = [self._summary_row(p, j, False) | self._summary_row(p, j, True)
                         for j in range(self._n_summaries(now_us))]
@@ -560,76 +570,107 @@ class FakePostHog:
 
     # -- session recordings ----------------------------------------------------------------------
 
+    def _rs(self, i: int) -> int:
+        """Start (s) of recording i; groups of `tie_group` consecutive recordings share one."""
+        return self._rbase + (i - i % self._tie) * self._step
+
+    def _first_at(self, t_us: int) -> int:
+        """The smallest index whose start is at or after t_us."""
+        return _cdiv(max(0, _cdiv(t_us - self._rbase * US, self._step * US)), self._tie) * self._tie
+
+    def _count_upto(self, t_us: int) -> int:
+        """How many indices start at or before t_us."""
+        m = (t_us - self._rbase * US) // (self._step * US)
+        return 0 if m < 0 else (m // self._tie + 1) * self._tie
+
     def _rec_window(self, p: int, df: int | None, dt: int | None,
-                    now_us: int) -> tuple[int, int, list[tuple[int, int]]]:
-        """Complete rows are indices [a, b); edge rows are sorted (effective start, index) pairs."""
-        key = (p, df, dt, now_us)
+                    now_us: int) -> tuple[int, int, list[tuple[int, int]], list[int]]:
+        """Complete rows are indices [a, b) minus the deleted ones (sorted, last item); edge rows are
+        sorted (effective start, index) pairs."""
+        key = (p, df, dt, now_us, self._del_version)
         if key in self._edges:
             return self._edges[key]
-        base_us, step_us = self._rbase * US, self._step * US
-        vis_lo = max(0, _cdiv(now_us - self._retention_s * US - base_us, step_us))  # expired before
-        vis_hi = max(vis_lo, _cdiv(now_us - base_us, step_us))  # not started yet from here on
-        a_raw = vis_lo if df is None else _cdiv(df - base_us, step_us)
+        vis_lo = self._first_at(now_us - self._retention_s * US)  # expired before
+        vis_hi = max(vis_lo, self._first_at(now_us))  # not started yet from here on
+        a_raw = vis_lo if df is None else self._first_at(df)
         a = min(max(a_raw, vis_lo), vis_hi)
-        b = vis_hi if dt is None else min(max((dt - base_us) // step_us + 1, a), vis_hi)
+        b = vis_hi if dt is None else min(max(self._count_upto(dt), a), vis_hi)
+        deleted = self._deleted.get(p, ())
         parts: list[tuple[int, int]] = []
         if df is not None:  # only recordings started < MAX_DUR before date_from can reach past it
             now_s, salt = now_us // US, self._salt[p]
-            for i in range(max(vis_lo, _cdiv(df - MAX_DUR * US - base_us, step_us)), min(a_raw, vis_hi)):
-                s = self._rbase + i * self._step
+            for i in range(max(vis_lo, self._first_at(df - MAX_DUR * US)), min(a_raw, vis_hi)):
+                s = self._rs(i)
                 first = s + PART_S * _cdiv(df - s * US, PART_S * US)
                 end = min(s + _duration(_mix((salt + i) & M64)), now_s)
-                if first < end and (dt is None or first * US <= dt):
+                if first < end and (dt is None or first * US <= dt) and i not in deleted:
                     parts.append((first, i))
             parts.sort()
+        dels = sorted(i for i in deleted if a <= i < b)
         if len(self._edges) > 64:
             self._edges.clear()
-        self._edges[key] = (a, b, parts)
-        return a, b, parts
+        self._edges[key] = (a, b, parts, dels)
+        return a, b, parts, dels
 
-    def _rec_take(self, a: int, b: int, parts: list[tuple[int, int]], lo: int,
+    def _complete_before(self, a: int, b: int, dels: list[int], x: int) -> int:
+        """How many complete (undeleted) window rows have an index below x."""
+        x = min(max(x, a), b)
+        return x - a - (bisect.bisect_left(dels, x) if dels else 0)
+
+    def _rec_take(self, a: int, b: int, parts: list[tuple[int, int]], dels: list[int], lo: int,
                   hi: int) -> list[tuple[int, int | None]]:
         """(index, kept start | None) for ascending positions [lo, hi) of the merged window."""
-        ppos = [j + min(max(_cdiv(e - self._rbase, self._step), a), b) - a for j, (e, _) in enumerate(parts)]
+        ppos = [j + self._complete_before(a, b, dels, self._first_at(e * US)) for j, (e, _) in enumerate(parts)]
         j = bisect.bisect_left(ppos, lo)
         fi, out = a + lo - j, []
+        if dels:  # the (lo - j)-th undeleted index
+            k = 0
+            while (k2 := bisect.bisect_right(dels, fi)) != k:
+                fi, k = a + lo - j + k2, k2
+        d = bisect.bisect_left(dels, fi) if dels else 0
         for pos in range(lo, hi):
             if j < len(ppos) and ppos[j] == pos:
                 out.append((parts[j][1], parts[j][0]))
                 j += 1
             else:
+                while d < len(dels) and dels[d] <= fi:
+                    fi += dels[d] == fi
+                    d += 1
                 out.append((fi, None))
                 fi += 1
         return out
 
-    def _rec_rank(self, a: int, b: int, parts: list[tuple[int, int]], e: int, i: int) -> int:
+    def _rec_rank(self, a: int, b: int, parts: list[tuple[int, int]], dels: list[int], e: int, i: int) -> int:
         """How many window rows sort at or before the key (effective start e, index i)."""
-        m = (e - self._rbase) // self._step
-        if m > i and self._rbase + m * self._step == e:
-            m -= 1
-        return min(max(m + 1, a), b) - a + bisect.bisect_right(parts, (e, i))
+        lo_e, hi_e = self._first_at(e * US), self._count_upto(e * US)
+        return self._complete_before(a, b, dels, min(max(i + 1, lo_e), hi_e)) + bisect.bisect_right(parts, (e, i))
 
     def _rstart(self, i: int, kept: int | None) -> int:
-        return self._rbase + i * self._step if kept is None else kept
+        return self._rs(i) if kept is None else kept
 
-    def _rec_rows(self, p: int, items: Iterable[tuple[int, int | None]], now_us: int) -> list[dict[str, Any]]:
-        """Rows for (index, kept start | None) pairs; a kept start makes a partial edge row."""
+    def _rec_rows(self, p: int, items: Iterable[tuple[int, int | None]], now_us: int,
+                  cut_us: int | None = None) -> list[dict[str, Any]]:
+        """Rows for (index, kept start | None) pairs; a kept start makes a partial lower-edge row, and
+        parts starting after `cut_us` (a `date_to`) are left out: a partial upper-edge row."""
         # hot path (100k+ rows/s): locals hoisted, integer rates, table-based ISO formatting
-        base, step, salt, (rid, rid_tail) = self._rbase, self._step, self._salt[p], self._rid[p]
+        base, step, tie, salt, (rid, rid_tail) = self._rbase, self._step, self._tie, self._salt[p], self._rid[p]
         npersons, persons, viewers = self._npersons, self._persons, self._viewers
         retention_s = self._retention_s
         extra, now_s, out = self._extra["session_recordings"], now_us // US, []
+        cut_s = None if cut_us is None else cut_us // US
         for i, kept in items:
-            s = base + i * step
+            s = base + (i - i % tie) * step
             h = _mix((salt + i) & M64)
             g = (h * 0xD1B54A32D192ED03 & M64) ^ (h >> 29)
             true_end = s + _duration(h)
             end = true_end if true_end < now_s else now_s
+            if cut_s is not None and end > cut_s:  # parts are PART_S long from the start
+                end = min(end, s + ((cut_s - s) // PART_S + 1) * PART_S)
             x1 = end - s
             af, rc, rk, rm = 120 + (g & 0xFF), (g >> 8) & 0xFF, (g >> 16) & 0xFF, (g >> 24) & 0xFF
             rl, rw, re_ = (g >> 32) & 0xFF, (g >> 40) & 0xFF, (g >> 48) & 0xFF
             active, clicks, keys, mouse = af * x1 // 400, rc * x1 // 1200, rk * x1 // 600, rm * x1 // 90
-            logs, warns, errors = rl * x1 // 5000, rw * x1 // 25000, re_ * x1 // 50000
+            logs, warns_, errors = rl * x1 // 5000, rw * x1 // 25000, re_ * x1 // 50000
             expiry = s + retention_s
             if kept is None:
                 start, d = s, x1
@@ -640,8 +681,8 @@ class FakePostHog:
                 d = x1 - x0
                 active, clicks, keys, mouse = (active - af * x0 // 400, clicks - rc * x0 // 1200,
                                                keys - rk * x0 // 600, mouse - rm * x0 // 90)
-                logs, warns, errors = (logs - rl * x0 // 5000, warns - rw * x0 // 25000,
-                                       errors - re_ * x0 // 50000)
+                logs, warns_, errors = (logs - rl * x0 // 5000, warns_ - rw * x0 // 25000,
+                                        errors - re_ * x0 // 50000)
                 start_iso, expiry_iso = _iso(start), _iso(expiry)
             pk = (h >> 40) % npersons
             person = persons.get((p, pk)) or self._person(p, pk)
@@ -652,13 +693,13 @@ class FakePostHog:
                 "viewed": viewed, "viewers": viewers[(g >> 58) % 5] if viewed else _NONE,
                 "recording_duration": d, "active_seconds": active, "inactive_seconds": d - active,
                 "start_time": start_iso, "end_time": _iso(end), "click_count": clicks, "keypress_count": keys,
-                "mouse_activity_count": mouse, "console_log_count": logs, "console_warn_count": warns,
+                "mouse_activity_count": mouse, "console_log_count": logs, "console_warn_count": warns_,
                 "console_error_count": errors, "start_url": _URLS[(h >> 33) % 6], "person": person,
                 "retention_period_days": self.retention_days, "expiry_time": expiry_iso,
                 "recording_ttl": max(0, (expiry - now_s) // 86400),
                 "snapshot_source": "mobile" if mobile else "web",
                 "snapshot_library": ("posthog-ios" if h & 1 else "posthog-android") if mobile else "web",
-                "ongoing": true_end > now_s - 300,
+                "ongoing": end > now_s - 300,
                 "activity_score": min(10000, (20 * clicks + 10 * keys + mouse) * 100 // (d or 1)) / 100,
                 "has_summary": summary, "summary_outcome": _OUTCOMES[g & 1] if summary else None,
                 "external_references": _NONE, "matches_filters": True,
@@ -679,19 +720,93 @@ class FakePostHog:
         }
         return person
 
-    def _rec_index(self, p: int, rid: object, now_us: int) -> int | None:
-        """Index of a listed (started, unexpired) recording of project p with that id, else None."""
+    def _rec_id_index(self, p: int, rid: object) -> int | None:
+        """The index encoded in a recording id of project p, if the id is one of its recordings."""
         m = _OID.fullmatch(rid) if isinstance(rid, str) else None
         if m is None:
             return None
         i = int(m[1], 16)
-        a, b, _ = self._rec_window(p, None, None, now_us)
-        return i if a <= i < b and _oid(0, p, i, _mix((self._salt[p] + i) & M64)) == rid else None
+        return i if _oid(0, p, i, _mix((self._salt[p] + i) & M64)) == rid else None
+
+    def _rec_index(self, p: int, rid: object, now_us: int) -> int | None:
+        """Index of a listed (started, unexpired, undeleted) recording of project p with that id, else None."""
+        i = self._rec_id_index(p, rid)
+        return i if i is not None and self._listed(p, i, now_us) else None
+
+    def _listed(self, p: int, i: int, now_us: int) -> bool:
+        a, b, _, _ = self._rec_window(p, None, None, now_us)
+        return a <= i < b and i not in self._deleted.get(p, ())
+
+    def _persisted(self, p: int, i: int, now_us: int) -> bool:
+        """A third of the finished recordings were persisted to long-term storage (Postgres)."""
+        h = _mix((self._salt[p] + i) & M64)
+        return (h >> 45) % 3 == 0 and self._rs(i) + _duration(h) < now_us // US - 300
+
+    def delete_recording(self, project_id: int, recording_id: str) -> None:
+        """Delete a recording: it drops out of lists at once, and its detail answers 404 (§7.1)."""
+        with self._lock:
+            i = self._rec_id_index(project_id, recording_id)
+            if i is None:
+                raise KeyError(recording_id)
+            self._deleted.setdefault(project_id, set()).add(i)
+            self._del_version += 1
+
+    def too_big(self, max_limit: int | None = None, *, max_span_s: float | None = None,
+                statuses: Sequence[int | str] = (504, 512, 513, "timeout", "capacity", "simultaneous"),
+                seed: int = 0) -> None:
+        """Answer recordings list queries asking for more than `max_limit` rows, or (listings only) over
+        a window longer than `max_span_s`, like PostHog's ClickHouse limits (§6): a seeded choice of
+        504/512/513 and the wait-less 429s (`timeout` = older servers' "Query timeout exceeded")."""
+        with self._lock:
+            self._too_big = (max_limit, max_span_s, tuple(statuses), random.Random(seed))
+
+    def _query_too_big(self, limit: int, df: int | None, dt: int | None, by_ids: bool) -> tuple[int, Any] | None:
+        if self._too_big is None:
+            return None
+        max_limit, max_span_s, statuses, rng = self._too_big
+        span_s = ((self._now_us if dt is None else dt) - (df if df is not None else self._rbase * US)) / US
+        if not ((max_limit is not None and limit > max_limit) or (
+                not by_ids and max_span_s is not None and span_s > max_span_s)):
+            return None
+        kind = rng.choice(statuses)
+        if kind == 504:
+            return 504, _err("server_error", "timeout", "Query has hit the max execution time before completing.")
+        if kind == 512:
+            return 512, _err("server_error", "estimated_query_execution_time_too_long",
+                             "Estimated query execution time is too long. Try reducing its scope.")
+        if kind == 513:
+            return 513, _err("server_error", "clickhouse_memory_limit_exceeded",
+                             "Query exceeds memory limits. Try reducing its scope.")
+        detail = {"timeout": "Query timeout exceeded. Try again later.",
+                  "capacity": "ClickHouse is at capacity. Try again later.",
+                  "simultaneous": "Too many simultaneous queries. Try again later."}[str(kind)]
+        return 429, _err("throttled_error", "throttled", detail)
+
+    def _by_ids(self, p: int, ids: list[str], dates: list[int | None],
+                now_us: int) -> tuple[list[tuple[int, int | None]], set[int]]:
+        """Items asked for by `session_ids`, and which of them come from Postgres (persisted)."""
+        items: list[tuple[int, int | None]] = []
+        persisted: set[int] = set()
+        a, b, parts, dels = self._rec_window(p, *dates, now_us) if not self.keyset else (0, 0, [], [])
+        kept = {i: e for e, i in parts}
+        vis_hi = self._first_at(now_us)
+        for i in sorted({x for x in map(lambda r: self._rec_id_index(p, r), ids) if x is not None}):
+            if i < vis_hi and self._persisted(p, i, now_us):  # no date, retention or deletion filter
+                items.append((i, None))
+                persisted.add(i)
+            elif self.keyset:  # newer servers skip the window (bound: now - 5 y) (changed 2026)
+                if self._listed(p, i, now_us):
+                    items.append((i, None))
+            elif a <= i < b and i not in dels:  # older servers apply the window (default -3d)
+                items.append((i, None))
+            elif i in kept:
+                items.append((i, kept[i]))
+        return items, persisted
 
     def _recordings(self, p: int, params: dict[str, str]) -> tuple[int, Any]:
         q: dict[str, Any] = {}
         for k, v in params.items():  # the real endpoint JSON-decodes every value, then validates strictly
-            if k not in _REC_PARAMS:
+            if k not in _REC_PARAMS or (k == "after" and not self.keyset):
                 return _pydantic(k, "extra_forbidden", "Extra inputs are not permitted", v)
             try:
                 q[k] = orjson.loads(v)
@@ -719,21 +834,33 @@ class FakePostHog:
                 dates.append(None if q.get(k, default) is None else _parse_when(q.get(k, default), now_us))
             except ValueError:
                 return _pydantic(k, "value_error", "Invalid date", q[k])
-        if "session_ids" in q:  # rows asked for by id skip the date window and come back complete
+        if (too_big := self._query_too_big(limit, dates[0], dates[1], "session_ids" in q)) is not None:
+            return too_big
+        persisted: set[int] = set()
+        cut = dates[1]
+        if "session_ids" in q:
             ids = q["session_ids"]
             if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
                 return _pydantic("session_ids", "list_type", "Input should be a valid list", ids)
-            found = {self._rec_index(p, x, now_us) for x in ids}
-            items: list[tuple[int, int | None]] = [(i, None) for i in sorted(found - {None})]  # type: ignore
+            items, persisted = self._by_ids(p, ids, dates, now_us)
+            if self.keyset:
+                cut = None
         else:
-            a, b, parts = self._rec_window(p, dates[0], dates[1], now_us)
+            a, b, parts, dels = self._rec_window(p, dates[0], dates[1], now_us)
             items = []  # start_time order is served by index arithmetic below
             if order != "start_time":
-                items = [(i, None) for i in range(a, b)] + [(i, e) for e, i in parts]
+                items = self._rec_take(a, b, parts, dels, 0, b - a - len(dels) + len(parts))
         if order != "start_time" or "session_ids" in q:  # small or unusual: materialise and sort
             field = "recording_duration" if order == "duration" else order
-            keyed = sorted(((self._rstart(i, kept) if order == "start_time" else r[field], i), r)
-                           for (i, kept), r in zip(items, self._rec_rows(p, items, now_us), strict=True))
+            if persisted:
+                rows = [self._rec_rows(p, (it,), now_us, None if it[0] in persisted else cut)[0] for it in items]
+            else:
+                rows = self._rec_rows(p, items, now_us, cut)
+            for (i, _), r in zip(items, rows, strict=True):
+                if i in persisted:  # straight from Postgres: fields only the ClickHouse query computes are null
+                    r.update(ongoing=None, activity_score=None, expiry_time=None, recording_ttl=None)
+            keyed = sorted(((self._rstart(i, kept) if order == "start_time" else r[field] or 0, i), r)
+                           for (i, kept), r in zip(items, rows, strict=True))
             total, keys = len(keyed), [k for k, _ in keyed]
 
             def rank(e: Any, i: int) -> int:
@@ -745,16 +872,22 @@ class FakePostHog:
             def key(pos: int) -> tuple[Any, int]:
                 return keys[pos]
         else:  # the window by index arithmetic; only the edge rows were sorted
-            total = b - a + len(parts)
+            total = b - a - len(dels) + len(parts)
 
             def rank(e: Any, i: int) -> int:
-                return self._rec_rank(a, b, parts, e, i)
+                return self._rec_rank(a, b, parts, dels, e, i)
+
+            def pairs(lo: int, hi: int) -> list[tuple[int, int | None]]:
+                return self._rec_take(a, b, parts, dels, lo, hi)
+
+            if not self.keyset:  # older servers: no tiebreaker, equal start times come in any order
+                pairs = self._shuffled_ties(pairs, total, len(parts))
 
             def take(lo: int, hi: int) -> list[dict[str, Any]]:
-                return self._rec_rows(p, self._rec_take(a, b, parts, lo, hi), now_us)
+                return self._rec_rows(p, pairs(lo, hi), now_us, cut)
 
             def key(pos: int) -> tuple[Any, int]:
-                i, kept = self._rec_take(a, b, parts, pos, pos + 1)[0]
+                i, kept = pairs(pos, pos + 1)[0]
                 return self._rstart(i, kept), i
         desc = direction == "DESC"
         if cursor is not None:  # keyset: rows strictly beyond the cursor's (order value, index) key
@@ -772,6 +905,19 @@ class FakePostHog:
         if desc:
             page.reverse()
         return 200, {"results": page} | tail
+
+    def _shuffled_ties(self, pairs: Callable[[int, int], list[tuple[int, int | None]]], total: int,
+                       n_parts: int) -> Callable[[int, int], list[tuple[int, int | None]]]:
+        """Positions as a server without a tiebreaker serves them: ties in an order that changes per query."""
+        nonce, width = _hh(self.seed, 77, len(self.requests)), self._tie + n_parts  # no tie group is wider
+
+        def shuffled(lo: int, hi: int) -> list[tuple[int, int | None]]:
+            x0, x1 = max(0, lo - width), min(total, hi + width)
+            items = pairs(x0, x1)
+            items.sort(key=lambda it: (self._rstart(*it), _mix(nonce ^ it[0])))
+            return items[lo - x0:hi - x0]
+
+        return shuffled
 
     # -- session group summaries -----------------------------------------------------------------
 
@@ -1235,13 +1381,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         ap.add_argument(f"--{flag}", type=int, default=default)
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--api-key", default="phx_fake_personal_key")
-    ap.add_argument("--keyset", action="store_true", help="send next_cursor on recordings pages")
+    ap.add_argument("--keyset", action=argparse.BooleanOptionalAction, default=True,
+                    help="a newer server (next_cursor, a tiebreaker); --no-keyset: an older one")
+    ap.add_argument("--tie-group", type=int, default=1, help="recordings sharing one start time")
     a = ap.parse_args(argv)
     fake = FakePostHog(
         project_ids=[int(x) for x in a.projects.split(",") if x.strip()], recordings=a.recordings,
         desktop_recordings=a.desktop_recordings, segments=a.segments, summaries=a.summaries,
         subscriptions=a.subscriptions, property_definitions=a.property_definitions, group_types=a.group_types,
-        seed=a.seed, api_key=a.api_key, recording_step_s=a.recording_step_s, keyset=a.keyset,
+        seed=a.seed, api_key=a.api_key, recording_step_s=a.recording_step_s, keyset=a.keyset, tie_group=a.tie_group,
         latency_s=a.latency_ms / 1000, retention_days=a.retention_days,
     )
     with fake.serve(port=a.port) as url:

@@ -22,7 +22,15 @@ import orjson
 import pyarrow as pa
 
 from .arrow import Drift, dlt_columns, to_arrow
-from .client import BudgetExhausted, PostHogClient, PostHogError, ResourceUnavailable, TransientError
+from .client import (
+    BudgetExhausted,
+    PostHogClient,
+    PostHogError,
+    QueryLimits,
+    QueryTooBig,
+    ResourceUnavailable,
+    TransientError,
+)
 from .endpoints import MERGE, Endpoint
 from .feed import Feed
 from .report import ResourceRun, SyncReport
@@ -32,6 +40,9 @@ logger = logging.getLogger("posthog_export")
 ROW = dict[str, Any]
 GROUP_TYPES_LIMIT = 5  # group_type_index is 0..4 (shared/posthog-api.md §7.5)
 DETAIL_WORKERS = 8  # concurrent `/:id/` reads; the client's rate budget still applies
+REREAD_BATCH = 100  # recordings asked for by `session_ids` at once
+EDGE_MARGIN_US = 3600 * 1_000_000  # a session's parts are never this far apart (30 idle minutes end it)
+MIN_WINDOW = timedelta(minutes=15)  # narrower recordings windows than this do not get cheaper
 
 
 @dataclass
@@ -49,6 +60,8 @@ class Context:
     cancelled: threading.Event = field(default_factory=threading.Event)
     # readers started before dlt reached this resource, per project (see `start_feeds`)
     feeds: dict[int, Feed] = field(default_factory=dict)
+    # the recordings page size PostHog answers in time, shared by every project of the run
+    query_limits: QueryLimits = field(default_factory=QueryLimits)
 
     def page_size(self, endpoint: Endpoint) -> int:
         """The configured page size for an endpoint, else its declared default."""
@@ -171,81 +184,180 @@ def _epoch_us(table: pa.Table, column: str) -> list[int | None]:
 
 @dataclass
 class _Window:
-    """Progress through one date window: the newest cursor value handed to dlt, and edge ids."""
+    """Progress of one reader: the newest cursor value handed to dlt, edge ids, rows held back."""
 
     newest_us: int | None
     edge: dict[str, int] = field(default_factory=dict)
+    held: dict[str, ROW] = field(default_factory=dict)
+
+    def hold(self, rows: list[ROW], date_to_us: int) -> list[ROW]:
+        """Keep back rows that may run past `date_to` (cut there, §7.1); return the others."""
+        out = []
+        for row in rows:
+            end = row.get("end_time")
+            if row.get("ongoing") is not False or not end or _us(end) >= date_to_us - EDGE_MARGIN_US:
+                self.held[row["id"]] = row
+            else:
+                out.append(row)
+        return out
 
 
 def read_date_from(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Iterator[Any]:
     """Server-side incremental: `date_from` = last cursor minus the lookback, merged on key.
 
-    Recordings that straddle the window's lower edge come back partial with a later start (§7.1).
-    Ids seen near the last edge are kept in state with their start; a row returned with a later start
-    than stored is partial, and is fetched again by `session_ids`, which ignores the window.
+    Recordings that straddle a window's edge come back partial (§7.1): at the lower edge with a later
+    start, at a `date_to` with a cut end. Ids seen near the last edge are kept in state with their
+    start; a row returned with a later start than stored is partial and is read again by `session_ids`.
+    A recordings query too big for ClickHouse (§6) is asked for in smaller pages, then narrower windows;
+    the page size that worked is kept in state for the next run.
     """
     run = ctx.report.run(project_id, endpoint.name)
     cursor = state.get("cursor")
     date_from = iso(parse_time(cursor) - ctx.lookback) if cursor else ctx.initial_date_from
-    params = {**endpoint.params, "date_from": date_from, "limit": ctx.page_size(endpoint)}
+    limits = None
+    if endpoint.partial_at_edge:  # ClickHouse-backed: too-big queries are asked for in smaller pieces
+        limits = ctx.query_limits
+        limits.start(ctx.page_size(endpoint), state.get("page_size"))
     known: dict[str, int] = state.get("edge", {})
     window = _Window(int(parse_time(cursor).timestamp() * 1_000_000) if cursor else None)
     try:
-        yield from _read_window(endpoint, ctx, project_id, params, known, window)
-    except BudgetExhausted as error:
+        yield from _read_windows(endpoint, ctx, project_id, date_from, limits, known, window)
+    except (BudgetExhausted, QueryTooBig) as error:
         _stopped(run, error)
         if not endpoint.ascending:
             return  # newest first: rows not read yet are older than the cursor would claim
         window.edge.update((k, v) for k, v in known.items() if k not in window.edge)
+        window.edge.update(window.held)  # read but not handed over: the next run must know their start
     if window.newest_us is not None:
         state["cursor"] = iso(datetime.fromtimestamp(window.newest_us / 1_000_000, UTC))
     if endpoint.partial_at_edge:
         state["edge"] = window.edge
+    if limits is not None and limits.size:
+        state["page_size"] = limits.size
 
 
-def _stopped(run: ResourceRun, error: BudgetExhausted) -> None:
+def _stopped(run: ResourceRun, error: PostHogError) -> None:
     run.status, run.reason = "incomplete", str(error)
     logger.warning("%s project %s: %s", run.resource, run.project_id, error)
 
 
-def _read_window(
-    endpoint: Endpoint, ctx: Context, project_id: int, params: dict[str, Any], known: dict[str, int],
-    window: _Window,
+def _read_windows(
+    endpoint: Endpoint, ctx: Context, project_id: int, date_from: str, limits: QueryLimits | None,
+    known: dict[str, int], window: _Window,
 ) -> Iterator[Any]:
+    """Read from `date_from` on, one date window after the other (a single one unless PostHog's query
+    limits force narrower ones)."""
     run = ctx.report.run(project_id, endpoint.name)
     lookback_us = int(ctx.lookback.total_seconds() * 1_000_000)
     path = list_path(endpoint, project_id)
+    lower, upper, span = date_from, None, timedelta(0)
+    failed: timedelta | None = None  # the narrowest window that was too big
+    seen = _Seen()
     previous: set[Any] = set()
-    for page, (rows, body) in enumerate(ctx.client.pages(path, params, endpoint.paging)):
-        if page == 0 and isinstance(body.get("count"), int):
-            run.api_count = body["count"]
-        ctx.report.fetched(run, len(rows))
-        # offset pages can repeat a row on a boundary; one page back is as far as a shift reaches
-        current: set[Any] = set()
-        rows = [r for r in _dedupe(rows, current, endpoint.primary_key) if (r.get("id"),) not in previous]
-        previous = current
-        if endpoint.detail:
-            rows = _fetch_details(endpoint, ctx, project_id, rows)
+    while True:
+        params = {**endpoint.params, "date_from": lower, "limit": ctx.page_size(endpoint)}
+        if upper is not None:
+            params["date_to"] = iso(upper)
+        last_start: str | None = None
+        try:
+            for page, (rows, body) in enumerate(ctx.client.pages(path, params, endpoint.paging, limits)):
+                if page == 0 and upper is None and lower == date_from and isinstance(body.get("count"), int):
+                    run.api_count = body["count"]
+                ctx.report.fetched(run, len(rows))
+                if endpoint.partial_at_edge:
+                    # keyset and `date_from` pages repeat rows already read (ties, sessions crossing the
+                    # new `date_from` with a later start, §7.1): those are dropped
+                    last_start = rows[-1].get(endpoint.cursor) if rows else last_start
+                    rows = seen.fresh(rows, last_start)
+                else:  # offset pages can repeat a row on a boundary; one page back is as far as a shift reaches
+                    current: set[Any] = set()
+                    rows = [r for r in _dedupe(rows, current, endpoint.primary_key) if (r.get("id"),) not in previous]
+                    previous = current
+                if endpoint.detail:
+                    rows = _fetch_details(endpoint, ctx, project_id, rows)
+                for row in rows:
+                    row["project_id"] = project_id
+                if known and endpoint.partial_at_edge:
+                    rows = _complete_partials(endpoint, ctx, project_id, rows, known)
+                if upper is not None:  # rows running past date_to may be cut there: read whole at the end
+                    rows = window.hold(rows, int(upper.timestamp() * 1_000_000))
+                yield from _emit(endpoint, ctx, run, rows, window, lookback_us)
+        except QueryTooBig as error:
+            if limits is None:
+                raise
+            # too big even at the smallest page: halve the window, from the last row read on (§6)
+            lower = last_start or lower
+            end = upper or max(datetime.now(UTC), parse_time(lower) + timedelta(days=2))
+            failed = min(failed or end - parse_time(lower), end - parse_time(lower))
+            span = failed / 2
+            if span < MIN_WINDOW:
+                raise
+            upper = parse_time(lower) + span
+            logger.warning("%s; reading windows of %s from %s", error, span, lower)
+            continue
+        if window.held:
+            rows = _reread(endpoint, ctx, project_id, [r for r in window.held.values()])
+            window.held.clear()
+            yield from _emit(endpoint, ctx, run, rows, window, lookback_us)
+        if upper is None:
+            return
+        # the next window: twice as long unless that was too big already, open once it reaches now
+        lower, span = iso(upper), span * 2 if failed is None or span * 2 < failed else span
+        upper = upper + span
+        if upper >= datetime.now(UTC):
+            upper = None
+
+
+class _Seen:
+    """Recordings read in this run that may come back on a later page, with their end (µs)."""
+
+    def __init__(self) -> None:
+        self.ends: dict[str, int | None] = {}
+        self._mark = 1024
+
+    def fresh(self, rows: list[ROW], last_start: str | None) -> list[ROW]:
+        """The rows not read before; remembers them."""
+        out = []
         for row in rows:
-            row["project_id"] = project_id
-        if known and endpoint.partial_at_edge:
-            rows = _complete_partials(endpoint, ctx, project_id, rows, known)
-        table, items = page_items(endpoint, ctx, run, rows)
-        newest = window.newest_us
-        if table is not None and endpoint.cursor:
-            starts = _epoch_us(table, endpoint.cursor)
-            newest = max(filter(None, [newest, *starts]), default=None)
-            if endpoint.partial_at_edge and newest is not None:
-                floor = newest - lookback_us - 3_600_000_000
-                ends = _epoch_us(table, "end_time")
-                for ident, start, end in zip(table.column("id").to_pylist(), starts, ends, strict=True):
-                    if start is not None and (end or start) >= floor:
-                        window.edge[ident] = start
-                for ident in [k for k, v in window.edge.items() if v < floor - 2 * 86_400_000_000]:
-                    del window.edge[ident]
-        yield from items
-        # only rows already handed to dlt count: a stop after this page keeps them
-        window.newest_us = newest
+            ident = row.get("id")
+            if ident in self.ends:
+                continue
+            end = row.get("end_time")
+            # an ongoing session may still grow past any later date_from
+            self.ends[ident] = None if row.get("ongoing") is not False or not end else _us(end)
+            out.append(row)
+        if len(self.ends) > self._mark and last_start:
+            # a session comes back only with a part starting after the last start read (§7.1); parts of
+            # one session are never an hour apart (PostHog ends a session after 30 idle minutes)
+            floor = _us(last_start) - EDGE_MARGIN_US
+            self.ends = {k: v for k, v in self.ends.items() if v is None or v >= floor}
+            self._mark = max(1024, 2 * len(self.ends))
+        return out
+
+
+def _us(value: str) -> int:
+    return int(parse_time(value).timestamp() * 1_000_000)
+
+
+def _emit(
+    endpoint: Endpoint, ctx: Context, run: ResourceRun, rows: list[ROW], window: _Window, lookback_us: int
+) -> Iterator[Any]:
+    table, items = page_items(endpoint, ctx, run, rows)
+    newest = window.newest_us
+    if table is not None and endpoint.cursor:
+        starts = _epoch_us(table, endpoint.cursor)
+        newest = max(filter(None, [newest, *starts]), default=None)
+        if endpoint.partial_at_edge and newest is not None:
+            floor = newest - lookback_us - 3_600_000_000
+            ends = _epoch_us(table, "end_time")
+            for ident, start, end in zip(table.column("id").to_pylist(), starts, ends, strict=True):
+                if start is not None and (end or start) >= floor:
+                    window.edge[ident] = start
+            for ident in [k for k, v in window.edge.items() if v < floor - 2 * 86_400_000_000]:
+                del window.edge[ident]
+    yield from items
+    # only rows already handed to dlt count: a stop after this page keeps them
+    window.newest_us = newest
 
 
 def _complete_partials(
@@ -254,26 +366,52 @@ def _complete_partials(
     partial = []
     for row in rows:
         stored = known.get(row["id"])
-        if stored is not None and row.get(endpoint.cursor):
-            start = parse_time(row[endpoint.cursor])
-            if int(start.timestamp() * 1_000_000) > stored:
-                partial.append(row["id"])
+        if stored is not None and row.get(endpoint.cursor) and _us(row[endpoint.cursor]) > stored:
+            partial.append(row)
     if not partial:
         return rows
-    complete: dict[str, ROW] = {}
-    path = list_path(endpoint, project_id)
-    for i in range(0, len(partial), 100):
-        ids = partial[i : i + 100]
-        params = {**endpoint.params, "session_ids": orjson.dumps(ids).decode(), "limit": len(ids)}
-        for fetched, _ in ctx.client.pages(path, params, endpoint.paging):
-            complete.update((r["id"], {**r, "project_id": project_id}) for r in fetched)
     logger.info("%s: re-read %d recordings cut by the window edge", endpoint.name, len(partial))
-    result = []
-    for row in rows:
-        if row["id"] not in complete and row["id"] in partial:
-            continue  # no longer returned whole: the stored complete row stays as it is
-        result.append(complete.get(row["id"], row))
-    return result
+    starts = {row["id"]: known[row["id"]] for row in partial}
+    complete = {r["id"]: r for r in _reread(endpoint, ctx, project_id, partial, starts)}
+    # a partial row no longer returned whole is left out: the stored complete row stays as it is
+    return [complete[r["id"]] if r["id"] in starts else r for r in rows if r["id"] in complete or r["id"] not in starts]
+
+
+def _reread(
+    endpoint: Endpoint, ctx: Context, project_id: int, rows: list[ROW], starts: Mapping[str, int] | None = None
+) -> list[ROW]:
+    """The rows read again whole by `session_ids`, merged over the list rows; rows not returned are left out.
+
+    Older servers apply the date window to `session_ids` too (§7.1), so each batch sends a `date_from`
+    before the earliest start known. A null in the re-read (persisted recordings come from Postgres
+    without `ongoing`, `activity_score`, `expiry_time`, `recording_ttl`) keeps the list row's value:
+    the reader never consults the destination, and the list row is the newest value it has.
+    """
+    path = list_path(endpoint, project_id)
+    by_id = {r["id"]: r for r in rows}
+    batches = [list(by_id)[i : i + REREAD_BATCH] for i in range(0, len(by_id), REREAD_BATCH)]
+    out: list[ROW] = []
+    while batches:
+        ids = batches.pop()
+        earliest = min(
+            (starts or {}).get(i) or _us(by_id[i].get(endpoint.cursor) or ctx.initial_date_from) for i in ids
+        )
+        params = {
+            **endpoint.params, "session_ids": orjson.dumps(ids).decode(), "limit": len(ids),
+            "date_from": iso(datetime.fromtimestamp(earliest / 1_000_000, UTC) - timedelta(days=1)),
+        }
+        try:
+            fetched = [r for page, _ in ctx.client.pages(path, params, endpoint.paging) for r in page]
+        except QueryTooBig:
+            if len(ids) == 1:
+                raise
+            batches += [ids[: len(ids) // 2], ids[len(ids) // 2 :]]
+            continue
+        for row in fetched:
+            if row.get("id") in by_id:
+                listed = by_id.pop(row["id"])
+                out.append({**listed, **{k: v for k, v in row.items() if v is not None}, "project_id": project_id})
+    return out
 
 
 def read_watermark(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Iterator[Any]:
