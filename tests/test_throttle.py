@@ -278,3 +278,19 @@ def test_the_summary_names_the_buckets_that_were_throttled(capsys: pytest.Captur
     assert stats.buckets["recordings_list"].throttled == 1
     # 4 accepted over the 4.5 s seen plus the 60 s wait, at 0.8 of that: 2.98 a minute
     assert stats.buckets["recordings_list"].rate_per_min == pytest.approx(0.8 * 4 / 64.5 * 60)
+
+
+def test_a_429_holds_its_own_bucket_not_the_others() -> None:
+    # PostHog's buckets are separate (§5): an hour's wait on the recordings listing must not stall subscriptions
+    slept: list[float] = []
+    answers = {"session_recordings": [json_429(600), OK, OK], "subscriptions": [OK]}
+    client = PostHogClient(
+        "http://127.0.0.1:9", "phx_k", clock=lambda: 1000.0, sleep=slept.append,  # time stands still
+        transport=httpx.MockTransport(lambda r: answers[r.url.path.split("/")[4]].pop(0)))
+    client.get("/api/projects/1/session_recordings/")
+    assert slept == [pytest.approx(601)]
+    client.get("/api/projects/1/subscriptions/")
+    assert slept == [pytest.approx(601)]  # general went out at once
+    client.get("/api/projects/1/session_recordings/")
+    assert len(slept) == 2 and slept[1] == pytest.approx(601)  # the listing still waits for its 429
+    assert client.stats.buckets["recordings_list"].throttled == 1 and client.stats.buckets["general"].throttled == 0
