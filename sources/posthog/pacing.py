@@ -120,8 +120,10 @@ class Bucket:
         span = min(window, now - (self._first if self._first is not None else now))
         self._expire(now)
         accepted = sum(1 for t in self._answered if t >= now - span)
-        if accepted < 2:
-            return  # too little to tell a rate from: the wait alone will do
+        if accepted < 2 or span + wait_s < MINUTE / 2:
+            # too little to tell a rate from (our requests cannot have filled even a minute's window: a
+            # stray 429, or another client's older requests): the wait alone will do
+            return
         self._granted = accepted / (span + wait_s)
         # never so slow that the pace alone waits longer than the server asked to
         self.rate = max(DECREASE * self._granted, 1 / max(wait_s, MINUTE))
