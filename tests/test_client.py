@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 
 from sources.posthog.client import (
     AuthError,
+    NotPostHog,
     PagingError,
     PostHogClient,
     PostHogError,
@@ -140,3 +142,29 @@ def test_retries_are_bounded() -> None:
     with pytest.raises(Exception, match="HTTP 500"):
         client.get("/x/")
     assert len(seen) == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "words"),
+    [
+        (403, ResourceUnavailable, "forbidden (HTTP 403: 403 Forbidden)"),  # an edge's page: skip the resource
+        (200, NotPostHog, "HTML page (HTTP 200)"),  # a web site, not the API: stop the run
+        (404, NotPostHog, "HTML page (HTTP 404)"),  # PostHog's API 404s in JSON: a wrong host or path
+    ],
+)
+def test_html_error_pages_are_judged_by_their_status(status: int, error: type, words: str) -> None:
+    seen: list[httpx.Request] = []
+    page = "<html><head><title>403 Forbidden</title></head><body>cloudflare</body></html>"
+    client = client_for(lambda r: httpx.Response(status, html=page), seen)
+    with pytest.raises(error, match=re.escape(words)):
+        client.get("/api/projects/1/subscriptions/")
+    assert len(seen) == 1
+
+
+def test_an_html_429_from_the_edge_is_a_throttle_not_a_wrong_host() -> None:
+    seen: list[httpx.Request] = []
+    answers = [httpx.Response(429, html="<html><title>429 Too Many Requests</title></html>")] * 4 + [
+        httpx.Response(200, content=b'{"results": []}')]
+    client = client_for(lambda r: answers[len(seen) - 1], seen)  # 3 attempts: the 429s do not use them up
+    assert client.get("/api/projects/1/subscriptions/") == {"results": []}
+    assert len(seen) == 5 and client.stats.throttled == 4 and client.stats.buckets["general"].throttled == 4

@@ -283,15 +283,18 @@ class PostHogClient:
                 )
             if wait >= 30:
                 logger.warning("%s: %s, waiting %s", _resource(path), why, _duration(wait))
-            self._sleep(wait)
-            with self._lock:
-                self.stats.paced_s += wait
-                self.pacer.buckets_for(path)[-1].stats.paced_s += wait
+            # other threads may have waited meanwhile (a test's virtual clock moves only on sleeps)
+            left = min(wait, now + wait - self._clock())
+            if left > 0:
+                self._sleep(left)
+                with self._lock:
+                    self.stats.paced_s += left
+                    self.pacer.buckets_for(path)[-1].stats.paced_s += left
             # a test's sleep may not move the clock: never recheck at a time before the one waited for
             now = max(self._clock(), now + wait)
 
-    def _send(self, path: str, params: dict[str, Any], where: str) -> tuple[httpx.Response, float]:
-        """One paced request, holding one of the key's in-flight slots while it runs; returns its send time."""
+    def _send(self, path: str, params: dict[str, Any], where: str, throttled: _Throttled) -> httpx.Response:
+        """Paced requests, each holding one of the key's in-flight slots, until one is not a 429."""
         now = self._clock()
         while True:
             now = self._pace(path, now)
@@ -303,7 +306,7 @@ class PostHogClient:
                     self.pacer.take(path, now)
                 self._count("requests")
                 try:
-                    return self._http.get(path, params=params), now
+                    response = self._http.get(path, params=params)
                 except httpx.ConnectError as error:
                     if "name or service not known" in str(error).lower() or "nodename nor servname" in str(error):
                         raise NotPostHog(
@@ -311,30 +314,34 @@ class PostHogClient:
                     raise TransientError(f"{where}: {type(error).__name__}: {error}") from error
                 except (httpx.TransportError, httpx.DecodingError) as error:
                     raise TransientError(f"{where}: {type(error).__name__}: {error}") from error
+                if response.status_code != 429:
+                    with self._lock:
+                        self.pacer.answered(path, now)
+                    return response
+                # still holding the slot: no other request goes out before the key knows of this 429
+                self._throttled(response, path, params, where, now, throttled)
 
     def _get_once(self, path: str, params: dict[str, Any], throttled: _Throttled) -> Any:
         where = f"GET {path}" + (f"?{httpx.QueryParams(params)}" if params else "")
-        while True:
-            response, sent_at = self._send(path, params, where)
-            if response.status_code != 429:
-                return self._decode(response, path, where)
-            self._count("throttled")
-            detail = _detail(response)
-            match = _WAIT_RE.search(detail)
-            header = response.headers.get("Retry-After", "").strip()
-            wait = float(match.group(1)) if match else float(header) if header.isdigit() else None
-            if wait is None and any(words in detail.lower() for words in _CLICKHOUSE_429):
-                with self._lock:  # not the rate limit: the server accepted the request
-                    self.pacer.buckets_for(path)[-1].stats.throttled += 1
-                if _recordings_list(path):  # ask for less, never the same again (§6)
-                    raise QueryTooBig(f"{where}: HTTP 429 {detail[:120]}")
-                raise TransientError(f"{where}: 429 {detail}")
-            self._wait_out(path, where, detail, wait, sent_at, throttled)
+        return self._decode(self._send(path, params, where, throttled), path, where)
 
-    def _wait_out(
-        self, path: str, where: str, detail: str, wait: float | None, sent_at: float, throttled: _Throttled
+    def _throttled(
+        self, response: httpx.Response, path: str, params: dict[str, Any], where: str, sent_at: float,
+        throttled: _Throttled,
     ) -> None:
         """Make the whole key wait out a 429, or stop cleanly when that exceeds the request's max wait."""
+        self._count("throttled")
+        detail = _detail(response)
+        match = _WAIT_RE.search(detail)
+        header = response.headers.get("Retry-After", "").strip()
+        wait = float(match.group(1)) if match else float(header) if header.isdigit() else None
+        if wait is None and any(words in detail.lower() for words in _CLICKHOUSE_429):
+            with self._lock:  # not the rate limit: the server accepted the request
+                self.pacer.answered(path, sent_at)
+                self.pacer.buckets_for(path)[-1].stats.throttled += 1
+            if _recordings_list(path):  # ask for less, never the same again (§6)
+                raise QueryTooBig(f"{where}: HTTP 429 {detail[:120]}")
+            raise TransientError(f"{where}: 429 {detail}")
         now = self._clock()
         if wait is None:  # no number (an edge's page, say): back off exponentially, bounded by time
             wait = min(MAX_BACKOFF_S, self.backoff_s * 2**throttled.numberless) + random.uniform(0, self.backoff_s)
@@ -343,15 +350,14 @@ class PostHogClient:
             wait += 1  # PostHog rounds the wait, and coming back a moment early costs another 429
         throttled.first_at = now if throttled.first_at is None else throttled.first_at
         with self._lock:
-            self.pacer.throttled(path, sent_at, now, wait)
-            self.stats.waited_s += wait
+            self.pacer.throttled(path, sent_at, now, wait)  # the wait itself is paced, in `_pace`
         if now + wait - throttled.first_at > self.max_wait_s:
             raise BudgetExhausted(
                 f"{_resource(path)}: rate limited for {_duration(now + wait - throttled.first_at)}, more than the "
                 f"{_duration(self.max_wait_s)} --max-wait: stopped, rerun later to continue"
             )
         self._count("retries")
-        logger.warning("%s: 429 %s; retrying in %.0f s", where, detail, wait)
+        logger.info("%s: 429 %s; retrying in %.0f s", where, detail, wait)  # long waits are announced by _pace
 
     def _decode(self, response: httpx.Response, path: str, where: str) -> Any:
         """The body of a 200, or the error a status other than 429 stands for."""

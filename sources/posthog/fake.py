@@ -479,13 +479,13 @@ class FakePostHog:
         """Add another client on the same key, spending `scopes`' budget at `rate_per_minute` on the fake's clock.
 
         Its requests are refused like ours once a limit is reached (and then not counted, as in DRF);
-        they are not in `requests`. Scopes: `general`, `analytics`, `recordings_list`.
+        they are not in `requests`. Scopes: `general`, `analytics`, `recordings_list`. Call after `throttle`.
         """
         unknown = set(scopes) - {"general", "analytics", "recordings_list"}
         if unknown or rate_per_minute <= 0:
             raise ValueError(f"compete: a positive rate and scopes of general/analytics/recordings_list, not {unknown}")
-        competitor = _Competitor(60.0 / rate_per_minute, tuple(scopes))
         with self._lock:
+            competitor = _Competitor(60.0 / rate_per_minute, tuple(scopes), next_at=self._clock())
             self.competitors.append(competitor)
         return competitor
 
@@ -507,8 +507,7 @@ class FakePostHog:
 
     def _run_competitors(self, now: float) -> None:
         for c in self.competitors:
-            if c.next_at is None:
-                c.next_at = now
+            c.next_at = now if c.next_at is None else c.next_at
             horizon = max((s for scope in c.scopes for _, s in self._limits.get(scope, [])), default=0.0)
             if now - c.next_at > horizon + c.interval_s:  # what it did long ago no longer counts
                 c.next_at += (now - c.next_at - horizon) // c.interval_s * c.interval_s

@@ -59,7 +59,8 @@ class Bucket:
         self.stats = BucketStats(name, published=" + ".join(
             f"{w.limit}/{'min' if w.seconds == MINUTE else 'h' if w.seconds == HOUR else f'{w.seconds:.0f}s'}"
             for w in self.windows) or None)
-        self._times: deque[float] = deque()  # requests the server accepted (a 429 is not logged, as in DRF)
+        self._times: deque[float] = deque()  # requests sent and not refused (a 429 is not logged, as in DRF)
+        self._answered: deque[float] = deque()  # send times of requests answered with something but a 429
         self._first: float | None = None
         self.not_before = float("-inf")
         self.rate: float | None = None  # requests/s the server allows us; None = not learned yet
@@ -68,8 +69,9 @@ class Bucket:
         self._lowered_at = float("-inf")
 
     def _expire(self, now: float) -> None:
-        while self._times and self._times[0] <= now - HOUR:
-            self._times.popleft()
+        for log in (self._times, self._answered):
+            while log and log[0] <= now - HOUR:
+                log.popleft()
 
     def wait(self, now: float) -> tuple[float, Window | None]:
         """Seconds until one more request fits every published window, and the window that binds."""
@@ -110,21 +112,28 @@ class Bucket:
         """A request sent at `sent_at` got a 429 at `now` saying to wait `wait_s`: slow the whole bucket."""
         self.stats.throttled += 1
         self.not_before = max(self.not_before, now + wait_s)
-        if sent_at < self._lowered_at:
+        if sent_at <= self._lowered_at:
             return  # sent at the old pace, before the last 429 lowered it: no new evidence
         # PostHog's windows are a minute and an hour (§5); over the stretch of that window we have seen,
         # the server let `accepted` requests through and will take the next only after `wait_s`
         window = MINUTE if wait_s <= MINUTE + 1 else HOUR
         span = min(window, now - (self._first if self._first is not None else now))
-        accepted = sum(1 for t in self._times if t > now - span)
-        if accepted < 2:
-            return  # too little to tell a rate from: the wait alone will do
+        self._expire(now)
+        accepted = sum(1 for t in self._answered if t >= now - span)
+        if accepted < 2 or span + wait_s < MINUTE / 2:
+            # too little to tell a rate from (our requests cannot have filled even a minute's window: a
+            # stray 429, or another client's older requests): the wait alone will do
+            return
         self._granted = accepted / (span + wait_s)
         # never so slow that the pace alone waits longer than the server asked to
         self.rate = max(DECREASE * self._granted, 1 / max(wait_s, MINUTE))
         self._step = INCREASE * self.rate
         self._lowered_at = now
         self._publish()
+
+    def answered(self, sent_at: float) -> None:
+        """The request sent at `sent_at` got past the throttle."""
+        self._answered.append(sent_at)
 
     def forget(self, sent_at: float) -> None:
         """Drop a request the server refused from the log of accepted ones."""
@@ -188,6 +197,11 @@ class Pacer:
         """Record a GET of `path` sent at `now`."""
         for bucket in self.buckets_for(path):
             bucket.take(now)
+
+    def answered(self, path: str, sent_at: float) -> None:
+        """A GET of `path` sent at `sent_at` was answered with something other than a 429."""
+        for bucket in self.buckets_for(path):
+            bucket.answered(sent_at)
 
     def throttled(self, path: str, sent_at: float, now: float, wait_s: float) -> None:
         """A GET of `path` sent at `sent_at` got a 429 at `now` saying to wait `wait_s`."""
