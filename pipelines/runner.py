@@ -19,7 +19,7 @@ from sources.posthog.arrow import SchemaViolation, dlt_columns
 from sources.posthog.client import AuthError, NotPostHog, PostHogError, ProjectNotFound
 from sources.posthog.endpoints import ColumnType as TColumnType
 from sources.posthog.pacing import Pacer
-from sources.posthog.sync import child_table, parent_column
+from sources.posthog.sync import DELETED, child_table, parent_column
 
 from .output import echo, print_table
 from .parquet import compact_table
@@ -141,8 +141,7 @@ def _compact(options: SyncOptions, resource: str, pipeline: Any) -> None:
     endpoint = ENDPOINTS[resource]
     with pipeline.destination_client() as client:
         fs, folder = client.fs_client, client.get_table_dir
-        key = () if endpoint.replace_per_project else endpoint.key
-        compact_table(fs, folder(endpoint.name), key, ("project_id",) if endpoint.replace_per_project else ())
+        compact_table(fs, folder(endpoint.name), endpoint.key, deleted=DELETED if endpoint.delete_missing else None)
         parent = parent_column(endpoint)
         for name in endpoint.children:
             compact_table(

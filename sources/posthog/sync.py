@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from .arrow import Drift, dlt_columns, to_arrow
 from .client import BudgetExhausted, PostHogClient, PostHogError, ResourceUnavailable, TransientError
-from .endpoints import MERGE, Endpoint
+from .endpoints import MERGE, ColumnType, Endpoint
 from .feed import Feed
 from .report import ResourceRun, SyncReport
 
@@ -32,6 +32,7 @@ logger = logging.getLogger("posthog_export")
 ROW = dict[str, Any]
 GROUP_TYPES_LIMIT = 5  # group_type_index is 0..4 (shared/posthog-api.md §7.5)
 DETAIL_WORKERS = 8  # concurrent `/:id/` reads; the client's rate budget still applies
+DELETED = "_deleted"  # set on the rows a run sends only to delete them (dlt's `hard_delete` hint)
 
 
 @dataclass
@@ -92,19 +93,21 @@ def page_items(
     """One page as the endpoint's Arrow table plus the items to yield to dlt (it and its children)."""
     if not rows:
         return None, []
-    columns = {"project_id": "bigint", **endpoint.columns}
+    columns: dict[str, ColumnType] = {"project_id": "bigint", **endpoint.columns}
+    if endpoint.delete_missing:
+        columns[DELETED] = "bool"
     table = to_arrow(
         endpoint.name, rows, columns, drift=ctx.drift, evolve=ctx.evolve, elsewhere=endpoint.children
     )
     run.rows_loaded += table.num_rows
     # hints as a table variant: dlt starts child variants from the resource's hints, and the
     # parent's declared columns must not leak into child tables
-    key = () if endpoint.replace_per_project else endpoint.key
+    hints = dlt_columns(columns, endpoint.key)
+    if endpoint.delete_missing:
+        hints[DELETED]["hard_delete"] = True
     items = [
         dlt.mark.with_hints(
-            table,
-            dlt.mark.make_hints(table_name=endpoint.name, columns=dlt_columns(columns, key or ("project_id",))),
-            create_table_variant=True,
+            table, dlt.mark.make_hints(table_name=endpoint.name, columns=hints), create_table_variant=True
         )
     ]
     parent = parent_column(endpoint)
@@ -352,6 +355,9 @@ def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str
     run = ctx.report.run(project_id, endpoint.name)
     path = list_path(endpoint, project_id)
     rows_by_key: dict[Any, ROW] = {}
+    gone: list[ROW] = []
+    stored: dict[str, list[Any]] = state.get("ids", {})
+    kept: dict[str, list[Any]] = {}
     api_count = 0
     try:
         for scan in _scans(endpoint, ctx, project_id):
@@ -362,7 +368,15 @@ def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str
                 run.unproven += listing.unproven
                 where = f"{endpoint.name} project {project_id}" + (f" {tags}" if tags else "")
                 logger.warning("%s: %d rows unproven after %d passes (%s)", where, listing.unproven,
-                               listing.passes, listing.why)
+                               listing.passes, listing.why or "PostHog counted more rows than it returned")
+            if endpoint.delete_missing:
+                name = "/".join(str(v) for v in scan.values())
+                tags["listing"] = name
+                before, now = set(stored.get(name, ())), set(listing.rows)
+                # only a proven listing shows a row is gone; an unproven one keeps what it did not see
+                kept[name] = sorted(now if listing.proven else now | before, key=str)
+                if listing.proven:
+                    gone.extend({**tags, "id": i, "project_id": project_id, DELETED: True} for i in before - now)
             for row in listing.rows.values():
                 row.update(tags, project_id=project_id)
                 rows_by_key[tuple(row.get(k) for k in (*endpoint.scan_tags, *endpoint.primary_key))] = row
@@ -373,6 +387,12 @@ def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str
     rows = list(rows_by_key.values())
     for start in range(0, len(rows), 5000):
         yield from emit(endpoint, ctx, run, rows[start : start + 5000])
+    if gone:
+        yield from emit(endpoint, ctx, run, gone)
+        run.rows_loaded -= len(gone)
+        logger.info("%s project %s: %d rows deleted upstream", endpoint.name, project_id, len(gone))
+    if endpoint.delete_missing:
+        state["ids"] = kept
 
 
 @dataclass
@@ -408,6 +428,11 @@ class Listing:
     passes: int
     why: str = ""
 
+    @property
+    def proven(self) -> bool:
+        """Every row PostHog returns was read (rows counted but never returned aside)."""
+        return not self.why
+
 
 def _full_listing(
     endpoint: Endpoint, ctx: Context, path: str, params: dict[str, Any], run: ResourceRun
@@ -430,19 +455,20 @@ def _full_listing(
     count: int | None = None
     for number in range(1, endpoint.max_passes + 1):
         walk = _walk(endpoint, ctx, path, params, run, ordering[1] if ordered and ordering else None)
+        known = len(union)
         union.update(walk.rows)
         count = walk.counts[-1] if walk.counts else count
         short = max(0, (count or 0) - len(union))
         if walk.error is not None:
             return Listing(union, count, max(1, short), number, walk.error)
         if walk.snapshot:
-            return Listing(union, count, short, number, "PostHog counted more rows than it returned")
+            return Listing(union, count, short, number)
         if ordered and walk.ordered and walk.counts:
-            if not short or (previous is not None and len(union) == len(previous.rows)):
+            if not short or (previous is not None and len(union) == known):
                 # rows counted but never returned (hidden, §7.5), or created faster than we read
-                return Listing(union, count, short, number, "PostHog counted more rows than it returned")
+                return Listing(union, count, short, number)
         elif previous is not None and walk.settled and previous.settled and set(walk.ids) == set(previous.ids):
-            return Listing(union, count, short, number, "PostHog counted more rows than it returned")
+            return Listing(union, count, short, number)
         if walk.ordered is False:
             ordered = False  # the server stopped sorting (or never did): prove it by passes instead
         previous = walk
