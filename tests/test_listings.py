@@ -8,7 +8,7 @@ import httpx
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipelines.runner import SyncOptions
+from pipelines.runner import SyncOptions, run_sync
 from sources.posthog.client import PostHogClient
 from sources.posthog.endpoints import SUBSCRIPTIONS, Endpoint
 from sources.posthog.fake import FakePostHog, FakeRequest
@@ -16,6 +16,7 @@ from sources.posthog.report import ResourceRun, SyncReport
 from sources.posthog.sync import Context, Listing, _full_listing, list_path
 
 from .conftest import PROJECTS, query, requests_to, sync
+from .test_sync import assert_no_duplicates
 
 
 def test_summary_detail_rows_enrich_the_list_row(fake: FakePostHog, options: SyncOptions) -> None:
@@ -124,3 +125,86 @@ def test_a_listing_that_never_settles_reports_what_it_could_not_prove(
     assert not missing or listing.unproven > 0, (missing, listing.why)
     assert listing.passes <= SUBSCRIPTIONS.max_passes
     assert run.requests == run.pages == len(fake.requests)
+
+
+# -- end to end: what lands, what the report says --------------------------------------------------
+
+def _definitions(options: SyncOptions, project: int, type_: str) -> set[str]:
+    return {r[0] for r in query(options, f"SELECT name FROM posthog.property_definitions WHERE project_id = {project} "
+                                         f"AND type = '{type_}'")}
+
+
+def test_hidden_definitions_are_reported_not_failed(fake: FakePostHog, options: SyncOptions) -> None:
+    options.resources = ["property_definitions"]
+    fake.hide_property_definitions(1, "person", 4)
+    result = sync(options)
+    run = result.report.runs[(1, "property_definitions")]
+    assert run.unproven == 4 and result.report.runs[(2, "property_definitions")].unproven == 0
+    assert any("property_definitions project 1: 4 rows unproven" in w for w in result.warnings())
+    assert query(options, "SELECT project_id, unproven FROM posthog._sync_report ORDER BY 1") == [(1, 4), (2, 0)]
+    truth = {r["name"] for r in fake.truth(1, "property_definitions") if r["type"] == "person"}
+    assert _definitions(options, 1, "person") == truth
+
+
+def test_a_definition_listing_that_keeps_timing_out_loads_what_it_read_and_keeps_the_rest(
+    fake: FakePostHog, options: SyncOptions
+) -> None:
+    options.resources = ["property_definitions"]
+    options.max_attempts, options.page_sizes = 2, {"property_definitions": 8}
+    sync(options)
+    before = _definitions(options, 1, "event")
+    events = sorted(r["name"] for r in fake.truth(1, "property_definitions") if r["type"] == "event")
+    fake.remove_property_definition(1, "event", events[-1])  # gone upstream, on a page that times out
+    fake.remove_property_definition(1, "person", next(r["name"] for r in fake.truth(1, "property_definitions")
+                                                      if r["type"] == "person" and not r.get("virtual")))
+    fake.time_out_property_definitions("event", from_offset=10)
+    fake.requests.clear()
+
+    result = run_sync(options)
+
+    assert result.ok  # not failed: loaded what it read, reported the rest
+    run = result.report.runs[(1, "property_definitions")]
+    assert run.unproven > 0 and run.status == "ok"
+    assert any("unproven" in w and "project 1" in w for w in result.warnings())
+    assert _definitions(options, 1, "event") == before  # rows it could not re-confirm are kept
+    person = {r["name"] for r in fake.truth(1, "property_definitions") if r["type"] == "person"}
+    assert _definitions(options, 1, "person") == person  # a proven listing still drops deleted rows
+    statuses = [r.status for r in requests_to(fake, "property_definitions") if r.params.get("type") == "event"]
+    assert statuses.count(503) >= 2 and statuses[0] == 200
+
+    fake._def_timeouts.clear()
+    sync(options)
+    assert _definitions(options, 1, "event") == before - {events[-1]}  # resolved by the next run
+    assert_no_duplicates(options, "property_definitions")
+
+
+def test_subscriptions_under_churn_land_every_row_live_throughout_once(fake: FakePostHog, options: SyncOptions) -> None:
+    fake = FakePostHog(project_ids=[1], subscriptions=300, seed=4, now=fake.now)
+    picks = iter(range(10**6))
+
+    def churn(request: FakeRequest) -> None:
+        if not request.path.endswith("/subscriptions/") or request.params.get("deleted"):
+            return
+        live = fake.live_subscriptions(1)
+        fake.add_subscription(1)
+        fake.touch_subscription(1, live[next(picks) * 7 % len(live)])
+        if next(picks) % 2:
+            gone = live[next(picks) * 13 % len(live)]
+            fake.soft_delete_subscription(1, gone)
+            throughout.discard(gone)
+
+    throughout = set(fake.live_subscriptions(1))
+    with fake.serve() as url:
+        options.host, options.project_ids, options.resources = url, [1], ["subscriptions"]
+        options.page_sizes = {"subscriptions": 25}
+        fake.hooks.append(churn)
+        result = sync(options)
+        fake.hooks.clear()
+    run = result.report.runs[(1, "subscriptions")]
+    landed = {r[0] for r in query(options, "SELECT id FROM posthog.subscriptions WHERE NOT deleted")}
+    missing = throughout - landed
+    assert not missing or run.unproven > 0
+    assert query(options, "SELECT count(*) - count(DISTINCT id) FROM posthog.subscriptions") == [(0,)]
+    assert run.requests == run.pages == len(fake.requests)
+    stored = query(options, "SELECT requests, pages, unproven FROM posthog._sync_report")
+    assert stored == [(run.requests, run.pages, run.unproven)]
