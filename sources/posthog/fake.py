@@ -370,7 +370,9 @@ class FakePostHog:
             gti = group_type_index if type == "group" else None
             rows = self._defs[project_id][(type, gti)]
             self._next_def += 1
-            row = {**rows[0], "id": _uuid(_hh(self.seed, 14, project_id, self._next_def)),
+            row = {"description": None, "tags": [], "is_numerical": False, "updated_at": None, "updated_by": None,
+                   "is_seen_on_filtered_events": None, "property_type": "String", "hidden": False,
+                   "id": _uuid(_hh(self.seed, 14, project_id, self._next_def)),
                    "name": name, "verified": False, "verified_at": None, "verified_by": None}
             rows.append(row)
             rows.sort(key=lambda r: r["name"])

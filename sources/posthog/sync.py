@@ -402,15 +402,14 @@ class _Pass:
     ids: list[Any] = field(default_factory=list)
     rows: dict[Any, ROW] = field(default_factory=dict)
     counts: list[int] = field(default_factory=list)
-    shifted: bool = False  # a page did not start with the rows the page before ended with
     ordered: bool = True  # every page was sorted on the endpoint's ordering field
     requests: int = 0
     error: str | None = None  # a page kept failing (e.g. the definitions listing's 25 s timeout)
 
     @property
     def settled(self) -> bool:
-        """Nothing moved that the pages could show: same count throughout, every overlap in place."""
-        return self.error is None and not self.shifted and len(set(self.counts)) <= 1
+        """Read to the end with the same count on every page."""
+        return self.error is None and len(set(self.counts)) <= 1
 
     @property
     def snapshot(self) -> bool:
@@ -443,7 +442,8 @@ def _full_listing(
     while none of those rows is found, so rows sliding back never fall between two pages. Rows can
     still move into the part already read: a pass over a list sorted on a field rows never change
     (asked for with `endpoint.ordering`, and checked, because older servers ignore the parameter,
-    §7.4) proves itself; an unordered list is proven by two passes that settled on the same ids.
+    §7.4) proves itself; an unordered list is proven by two passes, each with one count throughout,
+    that read the same ids in the same order.
     Passes are bounded; the union of all passes is kept, and whatever stayed unproven is counted.
     """
     ordering = endpoint.ordering
@@ -467,7 +467,7 @@ def _full_listing(
             if not short or (previous is not None and len(union) == known):
                 # rows counted but never returned (hidden, §7.5), or created faster than we read
                 return Listing(union, count, short, number)
-        elif previous is not None and walk.settled and previous.settled and set(walk.ids) == set(previous.ids):
+        elif previous is not None and walk.settled and previous.settled and walk.ids == previous.ids:
             return Listing(union, count, short, number)
         if walk.ordered is False:
             ordered = False  # the server stopped sorting (or never did): prove it by passes instead
@@ -525,10 +525,8 @@ def _walk(
         ids = [row.get("id") for row in page]
         if tail and offset > 0 and not set(tail) & set(ids):
             # every row we ended on is gone from here: the list slid back further than we re-read
-            walk.shifted, back = True, max(2 * back, overlap)
+            back = max(2 * back, overlap)
             continue
-        if tail and ids[: len(tail)] != tail:
-            walk.shifted = True
         if order is not None and walk.ordered:
             keys = [_order_key(row, order) for row in page]
             walk.ordered = all(a is not None and b is not None and a <= b for a, b in pairwise(keys))
