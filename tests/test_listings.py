@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import replace
 from datetime import timedelta
 
 import httpx
@@ -245,3 +247,24 @@ def test_subscriptions_under_churn_land_every_row_live_throughout_once(fake: Fak
     assert run.requests == run.pages == len(fake.requests)
     stored = query(options, "SELECT requests, pages, unproven FROM posthog._sync_report")
     assert stored == [(run.requests, run.pages, run.unproven)]
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(size=st.integers(3, 30), order=st.sampled_from(["heap", "ordering"]), ops=OPS)
+def test_synced_subscriptions_hold_every_row_live_throughout_exactly_once(
+    options: SyncOptions, size: int, order: str, ops: list[tuple[int, str, int]]
+) -> None:
+    fake = FakePostHog(project_ids=[1], subscriptions=80, seed=size, subscription_order=order)
+    churn = Churn(fake, ops)
+    with tempfile.TemporaryDirectory() as folder, fake.serve() as url:
+        run_options = replace(options, host=url, project_ids=[1], resources=["subscriptions"],
+                              output=f"{folder}/out.duckdb", pipelines_dir=f"{folder}/pipelines",
+                              page_sizes={"subscriptions": size})
+        result = sync(run_options)
+        run = result.report.runs[(1, "subscriptions")]
+        landed = query(run_options, "SELECT id, count(*) FROM posthog.subscriptions GROUP BY id")
+        stored = query(run_options, "SELECT requests, pages, unproven FROM posthog._sync_report")
+    assert all(n == 1 for _, n in landed)
+    missing = churn.throughout - {i for i, _ in landed}
+    assert not missing or (run.unproven > 0 and result.warnings())
+    assert stored == [(run.requests, run.pages, run.unproven)] and run.requests == len(fake.requests)
