@@ -2,8 +2,9 @@
 
 Behaviour follows the real server (see the project's PostHog API notes): DRF paging, the recordings
 list's own paging with partial rows at a window edge, virtual property definitions, soft-deleted
-subscriptions and the real error bodies. Rows are generated on demand from their index, so a
-million recordings cost no memory up front.
+subscriptions in Postgres storage order (older servers; `subscription_order="ordering"` for newer ones),
+detail rows shaped like PostHog's retrieve serializers and the real error bodies. Rows are generated on
+demand from their index, so a million recordings cost no memory up front.
 """
 
 from __future__ import annotations
@@ -1161,13 +1162,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--api-key", default="phx_fake_personal_key")
     ap.add_argument("--keyset", action="store_true", help="send next_cursor on recordings pages")
+    ap.add_argument("--subscription-order", choices=("heap", "ordering", "shuffle"), default="heap",
+                    help="heap: older servers (no ORDER BY); ordering: newer servers honour ?ordering=")
     a = ap.parse_args(argv)
     fake = FakePostHog(
         project_ids=[int(x) for x in a.projects.split(",") if x.strip()], recordings=a.recordings,
         desktop_recordings=a.desktop_recordings, segments=a.segments, summaries=a.summaries,
         subscriptions=a.subscriptions, property_definitions=a.property_definitions, group_types=a.group_types,
         seed=a.seed, api_key=a.api_key, recording_step_s=a.recording_step_s, keyset=a.keyset,
-        latency_s=a.latency_ms / 1000, retention_days=a.retention_days,
+        latency_s=a.latency_ms / 1000, retention_days=a.retention_days, subscription_order=a.subscription_order,
     )
     with fake.serve(port=a.port) as url:
         print(f"READY {url}", flush=True)
