@@ -216,6 +216,11 @@ def test_a_definition_listing_that_keeps_timing_out_loads_what_it_read_and_keeps
     assert _definitions(options, 1, "event") == before - {events[-1]}  # resolved by the next run
     assert_no_duplicates(options, "property_definitions")
 
+    fake.group_types = 1  # group type 1 removed: its listing is gone, and so are its rows
+    sync(options)
+    assert query(options, "SELECT DISTINCT group_type_index FROM posthog.property_definitions "
+                          "WHERE type = 'group' ORDER BY 1") == [(0,)]
+
 
 def test_subscriptions_under_churn_land_every_row_live_throughout_once(fake: FakePostHog, options: SyncOptions) -> None:
     fake = FakePostHog(project_ids=[1], subscriptions=300, seed=4, now=fake.now)
@@ -268,3 +273,21 @@ def test_synced_subscriptions_hold_every_row_live_throughout_exactly_once(
     missing = churn.throughout - {i for i, _ in landed}
     assert not missing or (run.unproven > 0 and result.warnings())
     assert stored == [(run.requests, run.pages, run.unproven)] and run.requests == len(fake.requests)
+
+
+def test_parquet_drops_definitions_deleted_upstream(fake: FakePostHog, options: SyncOptions) -> None:
+    import duckdb
+
+    options.destination, options.resources = "parquet", ["property_definitions"]
+    options.output = str(options.pipelines_dir) + "_parquet"
+    sync(options)
+    removed = next(r["name"] for r in fake.truth(1, "property_definitions") if r["type"] == "event")
+    fake.remove_property_definition(1, "event", removed)
+    sync(options)
+    glob = f"{options.output}/posthog/property_definitions/*.parquet"
+    with duckdb.connect() as con:
+        rows = con.execute(f"SELECT project_id, listing, id, name FROM read_parquet('{glob}')").fetchall()
+    assert len(rows) == len({r[:3] for r in rows})
+    truth = {(p, r["id"]) for p in PROJECTS for r in fake.truth(p, "property_definitions")}
+    assert {(r[0], r[2]) for r in rows} == truth
+    assert removed not in {r[3] for r in rows if r[0] == 1 and r[1] == "event"}

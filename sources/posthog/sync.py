@@ -384,6 +384,8 @@ def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str
         _stopped(run, error)  # nothing is emitted: a partial scan must not replace a full one
         return
     run.api_count = api_count
+    for name in stored.keys() - kept.keys():  # a listing no longer scanned (a group type removed)
+        gone.extend({"listing": name, "id": i, "project_id": project_id, DELETED: True} for i in stored[name])
     rows = list(rows_by_key.values())
     for start in range(0, len(rows), 5000):
         yield from emit(endpoint, ctx, run, rows[start : start + 5000])
