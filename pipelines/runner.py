@@ -82,7 +82,8 @@ class SyncResult:
         for run in self.report.runs.values():
             where = f"{run.resource} project {run.project_id}"
             if run.status in ("skipped", "incomplete"):
-                found.append(f"{where} {run.status}: {run.reason}")
+                unproven = f" ({run.unproven} rows unproven)" if run.unproven else ""
+                found.append(f"{where} {run.status}{unproven}: {run.reason}")
             elif run.unproven:
                 found.append(
                     f"{where}: {run.unproven} rows unproven (PostHog counted {run.api_count}, "

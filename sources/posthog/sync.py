@@ -369,6 +369,8 @@ def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str
                 where = f"{endpoint.name} project {project_id}" + (f" {tags}" if tags else "")
                 logger.warning("%s: %d rows unproven after %d passes (%s)", where, listing.unproven,
                                listing.passes, listing.why or "PostHog counted more rows than it returned")
+            if listing.error is not None:  # loaded what it read; the next run tries again
+                run.status, run.reason = "incomplete", listing.error
             if endpoint.delete_missing:
                 name = "/".join(str(v) for v in scan.values())
                 tags["listing"] = name
@@ -428,6 +430,7 @@ class Listing:
     unproven: int
     passes: int
     why: str = ""
+    error: str | None = None  # a page kept failing, so the listing stopped there
 
     @property
     def proven(self) -> bool:
@@ -462,7 +465,7 @@ def _full_listing(
         count = walk.counts[-1] if walk.counts else count
         short = max(0, (count or 0) - len(union))
         if walk.error is not None:
-            return Listing(union, count, max(1, short), number, walk.error)
+            return Listing(union, count, max(1, short), number, "a page kept failing", walk.error)
         if walk.snapshot:
             return Listing(union, count, short, number)
         if ordered and walk.ordered and walk.counts:
