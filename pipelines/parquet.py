@@ -45,10 +45,12 @@ def _read(fs: AbstractFileSystem, files: Sequence[str]) -> pa.Table:
 
 
 def compact_table(
-    fs: AbstractFileSystem, folder: str, primary_key: Sequence[str], merge_key: Sequence[str] = ()
+    fs: AbstractFileSystem, folder: str, primary_key: Sequence[str], merge_key: Sequence[str] = (),
+    deleted: str | None = None,
 ) -> tuple[int, int]:
     """Rewrite one table folder of `fs` into a single Parquet file of current rows.
 
+    `deleted` names a column marking rows deleted upstream (dlt's `hard_delete`): they are dropped.
     Returns (files before, rows after); a folder with one file or none is left alone.
     """
     folder = folder.rstrip("/\\")
@@ -71,7 +73,10 @@ def compact_table(
     with duckdb.connect() as con:
         con.execute("SET preserve_insertion_order = false")
         con.register("loaded", loaded)
-        current = con.sql(f"SELECT * EXCLUDE (_load) FROM ({rows}) {newest_per_key}").to_arrow_table()
+        current = con.sql(f"SELECT * EXCLUDE (_load) FROM ({rows}) {newest_per_key}")
+        if deleted is not None and deleted in loaded.schema.names:
+            current = current.filter(f"{_quote(deleted)} IS DISTINCT FROM true")
+        current = current.to_arrow_table()
     del loaded
     current = current.cast(schema)  # DuckDB renames time zones (UTC -> Etc/UTC): keep the files' types
     with fs.open(partial, "wb") as handle:

@@ -23,7 +23,7 @@ from sources.posthog.arrow import SchemaViolation, dlt_columns
 from sources.posthog.client import AuthError, ClientStats, NotPostHog, PostHogError, ProjectNotFound
 from sources.posthog.endpoints import ColumnType as TColumnType
 from sources.posthog.pacing import Pacer
-from sources.posthog.sync import child_table, parent_column
+from sources.posthog.sync import DELETED, child_table, parent_column
 
 from .output import echo, print_table
 from .parquet import compact_table
@@ -108,7 +108,8 @@ class SyncResult:
         for run in self.report.runs.values():
             where = f"{run.resource} project {run.project_id}"
             if run.status in ("skipped", "incomplete"):
-                found.append(f"{where} {run.status}: {run.reason}")
+                unproven = f" ({run.unproven} rows unproven)" if run.unproven else ""
+                found.append(f"{where} {run.status}{unproven}: {run.reason}")
             elif run.unproven:
                 found.append(
                     f"{where}: {run.unproven} rows unproven (PostHog counted {run.api_count}, "
@@ -167,8 +168,7 @@ def _compact(options: SyncOptions, resource: str, pipeline: Any) -> None:
     endpoint = ENDPOINTS[resource]
     with pipeline.destination_client() as client:
         fs, folder = client.fs_client, client.get_table_dir
-        key = () if endpoint.replace_per_project else endpoint.key
-        compact_table(fs, folder(endpoint.name), key, ("project_id",) if endpoint.replace_per_project else ())
+        compact_table(fs, folder(endpoint.name), endpoint.key, deleted=DELETED if endpoint.delete_missing else None)
         parent = parent_column(endpoint)
         for name in endpoint.children:
             compact_table(

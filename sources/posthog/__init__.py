@@ -52,14 +52,11 @@ def endpoint_resource(endpoint: Endpoint, ctx: Context, project_ids: Sequence[in
     def rows() -> Any:
         yield from read_endpoint(endpoint, ctx, project_ids)
 
-    key = endpoint.key if not endpoint.replace_per_project else ()
     return dlt.resource(
         rows,
         name=endpoint.name,
         write_disposition=MERGE,  # type: ignore[arg-type]
-        primary_key=list(key) or None,
-        # a run's rows of a project replace all of that project's rows (deleted upstream = gone)
-        merge_key=["project_id"] if endpoint.replace_per_project else None,
+        primary_key=list(endpoint.key),
         schema_contract=schema_contract(ctx.evolve),  # type: ignore[arg-type]
     )
 

@@ -52,8 +52,9 @@ class Endpoint:
     children: Mapping[str, Child] = field(default_factory=dict)
     # each run lists the endpoint once per parameter set (soft-deleted rows need their own listing)
     scans: tuple[Mapping[str, str], ...] = ({},)
-    # the run's rows for a project replace all that project's rows (objects deleted upstream disappear)
-    replace_per_project: bool = False
+    # full listings whose rows can vanish upstream: each scan is one listing, keyed by a `listing` column,
+    # and a proven listing deletes the stored rows it no longer holds (sync.py `read_full`)
+    delete_missing: bool = False
     final_statuses: tuple[str, ...] = ()
     # scan parameters the rows do not echo back, stored as columns (property type, §7.5)
     scan_tags: tuple[str, ...] = ()
@@ -241,11 +242,11 @@ PROPERTY_DEFINITIONS = Endpoint(
     sync="full",
     scope="property_definition:read",
     # `type`/`group_type_index` are not in the rows: we tag them (§7.5). The index is null unless
-    # type is group, so it cannot be in a dlt key: rows are unique per (tags, id) within a run, and a
-    # run's rows replace the project's rows.
-    primary_key=("id",),
+    # type is group, so it cannot be in a dlt key: `listing` (`event`, `group/1`, ...) names the scan.
+    # Virtual ids repeat across listings, so the key is (listing, id).
+    primary_key=("listing", "id"),
     scan_tags=("type", "group_type_index"),
-    replace_per_project=True,
+    delete_missing=True,
     scans=(
         {"type": "event"},
         {"type": "person"},
@@ -254,6 +255,7 @@ PROPERTY_DEFINITIONS = Endpoint(
     ),
     columns={
         "id": "text",
+        "listing": "text",
         "type": "text",
         "group_type_index": "bigint",
         "name": "text",

@@ -2,8 +2,9 @@
 
 Behaviour follows the real server (see the project's PostHog API notes): DRF paging, the recordings
 list's own paging with partial rows at a window edge, virtual property definitions, soft-deleted
-subscriptions and the real error bodies. Rows are generated on demand from their index, so a
-million recordings cost no memory up front.
+subscriptions in Postgres storage order (older servers; `subscription_order="ordering"` for newer ones),
+detail rows shaped like PostHog's retrieve serializers and the real error bodies. Rows are generated on
+demand from their index, so a million recordings cost no memory up front.
 """
 
 from __future__ import annotations
@@ -399,7 +400,9 @@ class FakePostHog:
             gti = group_type_index if type == "group" else None
             rows = self._defs[project_id][(type, gti)]
             self._next_def += 1
-            row = {**rows[0], "id": _uuid(_hh(self.seed, 14, project_id, self._next_def)),
+            row = {"description": None, "tags": [], "is_numerical": False, "updated_at": None, "updated_by": None,
+                   "is_seen_on_filtered_events": None, "property_type": "String", "hidden": False,
+                   "id": _uuid(_hh(self.seed, 14, project_id, self._next_def)),
                    "name": name, "verified": False, "verified_at": None, "verified_by": None}
             rows.append(row)
             rows.sort(key=lambda r: r["name"])
@@ -1383,13 +1386,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--keyset", action=argparse.BooleanOptionalAction, default=True,
                     help="a newer server (next_cursor, a tiebreaker); --no-keyset: an older one")
     ap.add_argument("--tie-group", type=int, default=1, help="recordings sharing one start time")
+    ap.add_argument("--subscription-order", choices=("heap", "ordering", "shuffle"), default="heap",
+                    help="heap: older servers (no ORDER BY); ordering: newer servers honour ?ordering=")
     a = ap.parse_args(argv)
     fake = FakePostHog(
         project_ids=[int(x) for x in a.projects.split(",") if x.strip()], recordings=a.recordings,
         desktop_recordings=a.desktop_recordings, segments=a.segments, summaries=a.summaries,
         subscriptions=a.subscriptions, property_definitions=a.property_definitions, group_types=a.group_types,
         seed=a.seed, api_key=a.api_key, recording_step_s=a.recording_step_s, keyset=a.keyset, tie_group=a.tie_group,
-        latency_s=a.latency_ms / 1000, retention_days=a.retention_days,
+        latency_s=a.latency_ms / 1000, retention_days=a.retention_days, subscription_order=a.subscription_order,
     )
     with fake.serve(port=a.port) as url:
         print(f"READY {url}", flush=True)

@@ -31,7 +31,7 @@ from .client import (
     ResourceUnavailable,
     TransientError,
 )
-from .endpoints import MERGE, Endpoint
+from .endpoints import MERGE, ColumnType, Endpoint
 from .feed import Feed
 from .report import ResourceRun, SyncReport
 
@@ -43,6 +43,7 @@ DETAIL_WORKERS = 8  # concurrent `/:id/` reads; the client's rate budget still a
 REREAD_BATCH = 100  # recordings asked for by `session_ids` at once
 EDGE_MARGIN_US = 3600 * 1_000_000  # a session's parts are never this far apart (30 idle minutes end it)
 MIN_WINDOW = timedelta(minutes=15)  # narrower recordings windows than this do not get cheaper
+DELETED = "_deleted"  # set on the rows a run sends only to delete them (dlt's `hard_delete` hint)
 
 
 @dataclass
@@ -105,19 +106,21 @@ def page_items(
     """One page as the endpoint's Arrow table plus the items to yield to dlt (it and its children)."""
     if not rows:
         return None, []
-    columns = {"project_id": "bigint", **endpoint.columns}
+    columns: dict[str, ColumnType] = {"project_id": "bigint", **endpoint.columns}
+    if endpoint.delete_missing:
+        columns[DELETED] = "bool"
     table = to_arrow(
         endpoint.name, rows, columns, drift=ctx.drift, evolve=ctx.evolve, elsewhere=endpoint.children
     )
     run.rows_loaded += table.num_rows
     # hints as a table variant: dlt starts child variants from the resource's hints, and the
     # parent's declared columns must not leak into child tables
-    key = () if endpoint.replace_per_project else endpoint.key
+    hints = dlt_columns(columns, endpoint.key)
+    if endpoint.delete_missing:
+        hints[DELETED]["hard_delete"] = True
     items = [
         dlt.mark.with_hints(
-            table,
-            dlt.mark.make_hints(table_name=endpoint.name, columns=dlt_columns(columns, key or ("project_id",))),
-            create_table_variant=True,
+            table, dlt.mark.make_hints(table_name=endpoint.name, columns=hints), create_table_variant=True
         )
     ]
     parent = parent_column(endpoint)
@@ -490,6 +493,9 @@ def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str
     run = ctx.report.run(project_id, endpoint.name)
     path = list_path(endpoint, project_id)
     rows_by_key: dict[Any, ROW] = {}
+    gone: list[ROW] = []
+    stored: dict[str, list[Any]] = state.get("ids", {})
+    kept: dict[str, list[Any]] = {}
     api_count = 0
     try:
         for scan in _scans(endpoint, ctx, project_id):
@@ -500,7 +506,17 @@ def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str
                 run.unproven += listing.unproven
                 where = f"{endpoint.name} project {project_id}" + (f" {tags}" if tags else "")
                 logger.warning("%s: %d rows unproven after %d passes (%s)", where, listing.unproven,
-                               listing.passes, listing.why)
+                               listing.passes, listing.why or "PostHog counted more rows than it returned")
+            if listing.error is not None:  # loaded what it read; the next run tries again
+                run.status, run.reason = "incomplete", listing.error
+            if endpoint.delete_missing:
+                name = "/".join(str(v) for v in scan.values())
+                tags["listing"] = name
+                before, now = set(stored.get(name, ())), set(listing.rows)
+                # only a proven listing shows a row is gone; an unproven one keeps what it did not see
+                kept[name] = sorted(now if listing.proven else now | before, key=str)
+                if listing.proven:
+                    gone.extend({**tags, "id": i, "project_id": project_id, DELETED: True} for i in before - now)
             for row in listing.rows.values():
                 row.update(tags, project_id=project_id)
                 rows_by_key[tuple(row.get(k) for k in (*endpoint.scan_tags, *endpoint.primary_key))] = row
@@ -508,9 +524,17 @@ def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str
         _stopped(run, error)  # nothing is emitted: a partial scan must not replace a full one
         return
     run.api_count = api_count
+    for name in stored.keys() - kept.keys():  # a listing no longer scanned (a group type removed)
+        gone.extend({"listing": name, "id": i, "project_id": project_id, DELETED: True} for i in stored[name])
     rows = list(rows_by_key.values())
     for start in range(0, len(rows), 5000):
         yield from emit(endpoint, ctx, run, rows[start : start + 5000])
+    if gone:
+        yield from emit(endpoint, ctx, run, gone)
+        run.rows_loaded -= len(gone)
+        logger.info("%s project %s: %d rows deleted upstream", endpoint.name, project_id, len(gone))
+    if endpoint.delete_missing:
+        state["ids"] = kept
 
 
 @dataclass
@@ -520,15 +544,14 @@ class _Pass:
     ids: list[Any] = field(default_factory=list)
     rows: dict[Any, ROW] = field(default_factory=dict)
     counts: list[int] = field(default_factory=list)
-    shifted: bool = False  # a page did not start with the rows the page before ended with
     ordered: bool = True  # every page was sorted on the endpoint's ordering field
     requests: int = 0
     error: str | None = None  # a page kept failing (e.g. the definitions listing's 25 s timeout)
 
     @property
     def settled(self) -> bool:
-        """Nothing moved that the pages could show: same count throughout, every overlap in place."""
-        return self.error is None and not self.shifted and len(set(self.counts)) <= 1
+        """Read to the end with the same count on every page."""
+        return self.error is None and len(set(self.counts)) <= 1
 
     @property
     def snapshot(self) -> bool:
@@ -545,6 +568,12 @@ class Listing:
     unproven: int
     passes: int
     why: str = ""
+    error: str | None = None  # a page kept failing, so the listing stopped there
+
+    @property
+    def proven(self) -> bool:
+        """Every row PostHog returns was read (rows counted but never returned aside)."""
+        return not self.why
 
 
 def _full_listing(
@@ -556,7 +585,8 @@ def _full_listing(
     while none of those rows is found, so rows sliding back never fall between two pages. Rows can
     still move into the part already read: a pass over a list sorted on a field rows never change
     (asked for with `endpoint.ordering`, and checked, because older servers ignore the parameter,
-    §7.4) proves itself; an unordered list is proven by two passes that settled on the same ids.
+    §7.4) proves itself; an unordered list is proven by two passes, each with one count throughout,
+    that read the same ids in the same order.
     Passes are bounded; the union of all passes is kept, and whatever stayed unproven is counted.
     """
     ordering = endpoint.ordering
@@ -568,19 +598,20 @@ def _full_listing(
     count: int | None = None
     for number in range(1, endpoint.max_passes + 1):
         walk = _walk(endpoint, ctx, path, params, run, ordering[1] if ordered and ordering else None)
+        known = len(union)
         union.update(walk.rows)
         count = walk.counts[-1] if walk.counts else count
         short = max(0, (count or 0) - len(union))
         if walk.error is not None:
-            return Listing(union, count, max(1, short), number, walk.error)
+            return Listing(union, count, max(1, short), number, "a page kept failing", walk.error)
         if walk.snapshot:
-            return Listing(union, count, short, number, "PostHog counted more rows than it returned")
+            return Listing(union, count, short, number)
         if ordered and walk.ordered and walk.counts:
-            if not short or (previous is not None and len(union) == len(previous.rows)):
+            if not short or (previous is not None and len(union) == known):
                 # rows counted but never returned (hidden, §7.5), or created faster than we read
-                return Listing(union, count, short, number, "PostHog counted more rows than it returned")
-        elif previous is not None and walk.settled and previous.settled and set(walk.ids) == set(previous.ids):
-            return Listing(union, count, short, number, "PostHog counted more rows than it returned")
+                return Listing(union, count, short, number)
+        elif previous is not None and walk.settled and previous.settled and walk.ids == previous.ids:
+            return Listing(union, count, short, number)
         if walk.ordered is False:
             ordered = False  # the server stopped sorting (or never did): prove it by passes instead
         previous = walk
@@ -637,10 +668,8 @@ def _walk(
         ids = [row.get("id") for row in page]
         if tail and offset > 0 and not set(tail) & set(ids):
             # every row we ended on is gone from here: the list slid back further than we re-read
-            walk.shifted, back = True, max(2 * back, overlap)
+            back = max(2 * back, overlap)
             continue
-        if tail and ids[: len(tail)] != tail:
-            walk.shifted = True
         if order is not None and walk.ordered:
             keys = [_order_key(row, order) for row in page]
             walk.ordered = all(a is not None and b is not None and a <= b for a, b in pairwise(keys))
