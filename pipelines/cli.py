@@ -18,7 +18,7 @@ from sources.posthog import ENDPOINTS, resolve_api_key
 from sources.posthog.client import REGION_HOSTS, PostHogError, normalize_host
 
 from .output import echo, print_table
-from .runner import AlreadyRunning, Interrupted, SyncOptions, UsageError, run_sync
+from .runner import AlreadyRunning, Interrupted, Interruption, SyncOptions, UsageError, run_sync
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # the shell's convention for a process ended by a signal: 128 + its number (130 SIGINT, 143 SIGTERM)
@@ -194,16 +194,14 @@ def sync_options(args: argparse.Namespace) -> SyncOptions:
     )
 
 
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted(signum)
-
-
 def _sync(args: argparse.Namespace) -> int:
     options = sync_options(args)
     # SIGTERM (a scheduler stopping the job) ends the run like Ctrl-C: unwound, nothing partial committed
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in EXIT_SIGNALLED}
+    interruption = Interruption()
+    previous = {sig: signal.signal(sig, interruption) for sig in EXIT_SIGNALLED}
     try:
-        result = run_sync(options)
+        result = run_sync(options, interruption=interruption)
+        interruption.raise_if_signalled()  # a signal whose exception a finalizer swallowed at the very end
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -67,7 +67,9 @@ def compact_table(
     newest_per_key = ""
     if primary_key:
         keys = ", ".join(map(_quote, primary_key))
-        newest_per_key = f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _load DESC) = 1"
+        # a null key column marks rows written before that column joined the key: newer loads hold them
+        keyed = " AND ".join(f"{_quote(k)} IS NOT NULL" for k in primary_key)
+        newest_per_key = f"WHERE {keyed} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _load DESC) = 1"
     loaded = _read(fs, files)
     schema = loaded.schema.remove(loaded.schema.get_field_index("_load"))
     with duckdb.connect() as con:

@@ -51,6 +51,26 @@ class Interrupted(KeyboardInterrupt):
         self.signum, self.resource = signum, resource
 
 
+class Interruption:
+    """A signal handler that remembers the signal as well as raising `Interrupted`.
+
+    Python drops an exception raised inside a finalizer (`__del__`, run by the garbage collector at any
+    moment), so a signal can arrive there and be lost; the run checks `raise_if_signalled` between loads.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        raise Interrupted(signum)
+
+    def raise_if_signalled(self) -> None:
+        """Raise `Interrupted` if a signal arrived, even one whose exception was lost."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
 def _interrupted(error: BaseException, resource: str | None = None) -> Interrupted | None:
     """The interrupt behind an error dlt wrapped (it wraps Ctrl-C and SIGTERM like any failure), if any."""
     cause = _cause(error)
@@ -176,6 +196,20 @@ def _compact(options: SyncOptions, resource: str, pipeline: Any) -> None:
             )
 
 
+def _drop_rows_of_an_older_key(options: SyncOptions, resource: str, pipeline: Any) -> None:
+    """Delete rows a null key column marks as loaded before that column joined the key (`late_key`).
+
+    Such rows would never match a merge again and stand beside their newer copies; the full listing that
+    just loaded wrote every current row again, so they can go. (Parquet compaction drops them itself.)
+    """
+    endpoint = ENDPOINTS[resource]
+    if not endpoint.late_key or options.destination in ("parquet", "filesystem"):
+        return
+    with pipeline.sql_client() as sql:
+        nulls = " OR ".join(f"{sql.escape_column_name(k)} IS NULL" for k in endpoint.late_key)
+        sql.execute_sql(f"DELETE FROM {sql.make_qualified_table_name(endpoint.name)} WHERE {nulls}")
+
+
 def make_client(
     options: SyncOptions, transport: httpx.BaseTransport | None = None, clock: Clock | None = None
 ) -> PostHogClient:
@@ -227,22 +261,24 @@ def exclusive(options: SyncOptions) -> Iterator[None]:
 
 
 def run_sync(
-    options: SyncOptions, *, transport: httpx.BaseTransport | None = None, clock: Clock | None = None
+    options: SyncOptions, *, transport: httpx.BaseTransport | None = None, clock: Clock | None = None,
+    interruption: Interruption | None = None,
 ) -> SyncResult:
     """Sync the selected resources of every project, one dlt load per resource.
 
     A resource that fails leaves nothing half-loaded and its state unchanged; the others still run.
     A rejected key or an unknown project stops the run at once. Only one sync of a pipeline (and of a
-    local output) runs at a time: a second one raises `AlreadyRunning`.
+    local output) runs at a time: a second one raises `AlreadyRunning`. With `interruption` installed as
+    the SIGINT/SIGTERM handler, a signal stops the run between loads even if its exception was lost.
     """
     destination, file_format = _destination(options)
     with exclusive(options):
-        return _run_locked(options, destination, file_format, transport, clock)
+        return _run_locked(options, destination, file_format, transport, clock, interruption or Interruption())
 
 
 def _run_locked(
     options: SyncOptions, destination: Any, file_format: str | None, transport: httpx.BaseTransport | None,
-    clock: Clock | None,
+    clock: Clock | None, interruption: Interruption,
 ) -> SyncResult:
     dlt_logger = logging.getLogger("dlt")
     if _quiet_arrow_hints not in dlt_logger.filters:
@@ -266,7 +302,8 @@ def _run_locked(
             options.project_ids = discover_projects(client)
         with SyncProgress(client.stats, default_mode(options.quiet)) as progress:
             report.on_page = progress.page
-            failures = _load_resources(options, pipeline, client, report, file_format)
+            failures = _load_resources(options, pipeline, client, report, file_format, interruption)
+        interruption.raise_if_signalled()
         create_views(pipeline)  # BI views (pipelines/views.py); none on Parquet/filesystem
         _load_report(pipeline, report, file_format)
     except PipelineStepFailed as error:
@@ -290,7 +327,8 @@ def discover_projects(client: PostHogClient) -> list[int]:
 
 
 def _load_resources(
-    options: SyncOptions, pipeline: Any, client: PostHogClient, report: SyncReport, file_format: str | None
+    options: SyncOptions, pipeline: Any, client: PostHogClient, report: SyncReport, file_format: str | None,
+    interruption: Interruption,
 ) -> dict[str, str]:
     """One dlt load per resource; returns the resources that failed, with their one-line reason."""
     failures: dict[str, str] = {}
@@ -319,8 +357,10 @@ def _load_resources(
     }
     try:
         for resource, source in sources.items():
+            interruption.raise_if_signalled()
             if _load_one(options, pipeline, source, resource, report, file_format, failures):
                 _compact(options, resource, pipeline)
+                _drop_rows_of_an_older_key(options, resource, pipeline)
     finally:
         cancelled.set()
     return failures

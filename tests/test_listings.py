@@ -7,10 +7,11 @@ from dataclasses import replace
 from datetime import timedelta
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipelines.runner import SyncOptions, run_sync
+from pipelines.runner import SyncOptions, _destination, run_sync
 from sources.posthog.client import PostHogClient
 from sources.posthog.endpoints import PROPERTY_DEFINITIONS, SUBSCRIPTIONS, Endpoint
 from sources.posthog.fake import FakePostHog, FakeRequest
@@ -291,3 +292,34 @@ def test_parquet_drops_definitions_deleted_upstream(fake: FakePostHog, options: 
     truth = {(p, r["id"]) for p in PROJECTS for r in fake.truth(p, "property_definitions")}
     assert {(r[0], r[2]) for r in rows} == truth
     assert removed not in {r[3] for r in rows if r[0] == 1 and r[1] == "event"}
+
+
+@pytest.mark.parametrize("destination", ["duckdb", "parquet"])
+def test_definitions_stored_before_the_listing_key_do_not_stay_beside_their_new_copies(
+    fake: FakePostHog, options: SyncOptions, destination: str
+) -> None:
+    import dlt
+    import duckdb
+    import pyarrow as pa
+
+    options.resources, options.destination = ["property_definitions"], destination
+    if destination == "parquet":
+        options.output = str(options.pipelines_dir) + "_parquet"
+    # the table as the release before `listing` left it: one row per (project, type, index, id), no listing
+    old = [{k: v for k, v in {**r, "project_id": p}.items() if k in ("project_id", "id", "type", "name")}
+           for p in PROJECTS for r in fake.truth(p, "property_definitions")]
+    target, file_format = _destination(options)
+    pipeline = dlt.pipeline(options.pipeline_name, destination=target, dataset_name=options.dataset,
+                            pipelines_dir=options.pipelines_dir)
+    # loaded as Arrow, as the release did (no _dlt_load_id/_dlt_id columns)
+    pipeline.run(dlt.resource(pa.Table.from_pylist(old), name="property_definitions", write_disposition="append"),
+                 loader_file_format=file_format)  # type: ignore[arg-type]
+    sync(options)
+    if destination == "duckdb":
+        rows = query(options, "SELECT project_id, listing, id FROM posthog.property_definitions")
+    else:
+        glob = f"{options.output}/posthog/property_definitions/*.parquet"
+        with duckdb.connect() as con:
+            rows = con.execute(f"SELECT project_id, listing, id FROM read_parquet('{glob}')").fetchall()
+    assert all(listing is not None for _, listing, _ in rows)
+    assert len(rows) == len(set(rows)) == len(old)

@@ -65,6 +65,9 @@ class Endpoint:
     ordering: tuple[str, str] | None = None
     # full listings: most passes over a list that keeps changing before its rows count as unproven
     max_passes: int = 4
+    # key columns added after a release created the table: nullable, so an existing table can gain them;
+    # its older rows (null there) are deleted once a load has written every current row again
+    late_key: tuple[str, ...] = ()
 
     @property
     def ascending(self) -> bool:
@@ -245,6 +248,7 @@ PROPERTY_DEFINITIONS = Endpoint(
     # type is group, so it cannot be in a dlt key: `listing` (`event`, `group/1`, ...) names the scan.
     # Virtual ids repeat across listings, so the key is (listing, id).
     primary_key=("listing", "id"),
+    late_key=("listing",),  # added 2026-12
     scan_tags=("type", "group_type_index"),
     delete_missing=True,
     scans=(

@@ -116,6 +116,8 @@ def page_items(
     # hints as a table variant: dlt starts child variants from the resource's hints, and the
     # parent's declared columns must not leak into child tables
     hints = dlt_columns(columns, endpoint.key)
+    for name in endpoint.late_key:
+        hints[name]["nullable"] = True
     if endpoint.delete_missing:
         hints[DELETED]["hard_delete"] = True
     items = [
