@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.runner import SyncOptions
+from sources.posthog import sync as sync_module
 from sources.posthog.client import PostHogClient, QueryTooBig
 from sources.posthog.endpoints import RECORDINGS
 from sources.posthog.fake import FakePostHog, FakeRequest
@@ -122,7 +123,7 @@ steps = st.lists(st.tuples(st.integers(0, 4 * 3600), st.one_of(st.none(), st.int
 @given(
     page_size=st.integers(10, 150),
     max_limit=st.one_of(st.none(), st.integers(10, 120)),
-    max_span_h=st.one_of(st.none(), st.integers(6, 72)),
+    max_span_h=st.one_of(st.none(), st.integers(3, 36)),
     kinds=statuses,
     first=steps,
     second=steps,
@@ -134,8 +135,17 @@ def test_every_recording_lands_once_and_whole_through_limits_and_mutations(
     server: str, page_size: int, max_limit: int | None, max_span_h: int | None, kinds: list[Any],
     first: list[tuple[int, int | None]], second: list[tuple[int, int | None]], gap_h: int, tie: int, seed: int,
 ) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sync_module, "SEEN_KEEP", 16)  # forget read rows early, as a big sync does
+        check_two_runs(server, page_size, max_limit, max_span_h, kinds, first, second, gap_h, tie, seed)
+
+
+def check_two_runs(
+    server: str, page_size: int, max_limit: int | None, max_span_h: int | None, kinds: list[Any],
+    first: list[tuple[int, int | None]], second: list[tuple[int, int | None]], gap_h: int, tie: int, seed: int,
+) -> None:
     variant = {**SERVERS[server], "tie_group": tie if server == "older" else 1, "seed": seed}
-    fake = FakePostHog(project_ids=[1], now=NOW, recordings=300, recording_step_s=600, retention_days=2,
+    fake = FakePostHog(project_ids=[1], now=NOW, recordings=500, recording_step_s=300, retention_days=2,
                        desktop_recordings=0, **variant)
     fake.too_big(max_limit, max_span_s=max_span_h and max_span_h * 3600, statuses=kinds, seed=seed)
     state: dict[str, Any] = {}
@@ -255,3 +265,17 @@ def test_504_elsewhere_stays_a_transient_retry() -> None:
     with pytest.raises(QueryTooBig):
         recordings.get(LIST, {"limit": 100})
     assert recordings.stats.requests == 1  # not retried as it is
+
+
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_long_sessions_cut_by_narrowed_windows_land_once(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On older servers every `date_from` page inside a long session returns it again, partial."""
+    monkeypatch.setattr(sync_module, "SEEN_KEEP", 16)
+    fake = FakePostHog(project_ids=[1], now=NOW, recordings=6000, recording_step_s=30, retention_days=30,
+                       **{**SERVERS[server], "seed": 1})
+    fake.too_big(2500, max_span_s=86400, statuses=(504, 512), seed=0)
+    with fake.serve() as url:
+        rows, ctx = read(fake, url, {}, 10_000)
+    assert any("date_to" in r.params for r in fake.requests)
+    check_run(fake, rows, ctx, {r["id"] for r in fake.truth(1, "session_recordings")}, {})
+    assert len(rows) == len(fake.truth(1, "session_recordings"))
