@@ -290,6 +290,7 @@ def _read_windows(
             if span < MIN_WINDOW:
                 raise
             upper = parse_time(lower) + span
+            limits.regrow()
             logger.warning("%s; reading windows of %s from %s", error, span, lower)
             continue
         if window.held:
