@@ -168,3 +168,23 @@ def test_an_html_429_from_the_edge_is_a_throttle_not_a_wrong_host() -> None:
     client = client_for(lambda r: answers[len(seen) - 1], seen)  # 3 attempts: the 429s do not use them up
     assert client.get("/api/projects/1/subscriptions/") == {"results": []}
     assert len(seen) == 5 and client.stats.throttled == 4 and client.stats.buckets["general"].throttled == 4
+
+
+def test_without_a_cursor_pages_start_at_the_last_start_and_grow_past_a_tie_group() -> None:
+    starts = ["2026-01-01T00:00:00Z"] * 2 + ["2026-01-01T00:00:05Z"] * 5 + ["2026-01-01T00:00:09Z"]
+    data = [{"id": str(i), "start_time": s} for i, s in enumerate(starts)]
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert "offset" not in request.url.params
+        since, limit = request.url.params["date_from"], int(request.url.params["limit"])
+        rows = [r for r in data if r["start_time"] >= since][::-1]  # ties in another order each time
+        rows.sort(key=lambda r: r["start_time"])
+        body = {"results": rows[:limit], "has_next": len(rows) > limit, "version": 4}
+        return httpx.Response(200, content=orjson.dumps(body))
+
+    params = {"date_from": starts[0], "limit": 3, "order": "start_time", "order_direction": "ASC"}
+    got = [r["id"] for page, _ in client_for(handler, seen).pages("/x/", params, "has_next") for r in page]
+    assert set(got) == {r["id"] for r in data}
+    assert [(r.url.params["date_from"][-3:], r.url.params["limit"]) for r in seen] == [
+        ("00Z", "3"), ("05Z", "3"), ("05Z", "6")]

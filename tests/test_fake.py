@@ -250,3 +250,85 @@ def test_big_pages_are_streamed_and_equal_small_pages() -> None:
             assert "content-length" in api.get("/api/projects/1/session_recordings/", params=params).headers
             assert big.json()["results"] == [r for page in small for r in page["results"]]
             assert big.json()["next_cursor"] and big.json()["has_next"] is True
+
+
+def test_older_servers_have_no_cursor_and_no_tiebreaker() -> None:
+    fake = FakePostHog(now=NOW, seed=3, recordings=400, keyset=False, tie_group=4)
+    with fake.serve() as url, httpx.Client(base_url=url, headers=KEY) as api:
+        params = {"date_from": "-30d", "order": "start_time", "order_direction": "ASC"}
+        body = api.get("/api/projects/1/session_recordings/", params={**params, "limit": 10}).json()
+        assert "next_cursor" not in body and body["has_next"]
+        assert api.get("/api/projects/1/session_recordings/", params={**params, "after": "x"}).status_code == 400
+        truth = sorted((r["start_time"], r["id"]) for r in fake.truth(1, "session_recordings"))
+        assert len({s for s, _ in truth}) == len(truth) // 4  # groups of 4 share a start time
+        orders = {tuple(r["id"] for r in api.get("/api/projects/1/session_recordings/",
+                                                 params={**params, "limit": 400}).json()["results"])
+                  for _ in range(5)}
+        assert len(orders) > 1  # the same query, ties in another order
+        assert all(sorted(o) == sorted(i for _, i in truth) for o in orders)
+        paged = recordings(api, **params, limit=6)  # offset pages over ties: rows skipped and repeated
+        assert len(paged) == len(truth) and set(paged_ids := [r["id"] for r in paged]) != {i for _, i in truth}
+        assert len(set(paged_ids)) < len(paged_ids)
+
+
+@pytest.mark.parametrize("keyset", [True, False])
+def test_session_ids_on_older_servers_apply_the_window_and_persisted_rows_have_nulls(keyset: bool) -> None:
+    fake = FakePostHog(now=NOW, seed=3, recordings=400, recording_step_s=1800, keyset=keyset)
+    old = [r for r in fake.truth(1, "session_recordings") if ts(r["start_time"]) < NOW - timedelta(days=4)]
+    persisted = [r for r in old if fake._persisted(1, int(r["id"][-12:], 16), fake._now_us)]  # noqa: SLF001
+    assert persisted and len(persisted) < len(old)
+    with fake.serve() as url, httpx.Client(base_url=url, headers=KEY) as api:
+        def by_ids(**params: Any) -> dict[str, dict[str, Any]]:
+            body = api.get("/api/projects/1/session_recordings/",
+                           params={"session_ids": json.dumps([r["id"] for r in old]), "limit": 400, **params})
+            return {r["id"]: r for r in body.json()["results"]}
+
+        default, explicit = by_ids(), by_ids(date_from=(NOW - timedelta(days=30)).isoformat())
+    assert set(explicit) == {r["id"] for r in old}
+    assert set(default) == set(explicit) if keyset else set(default) == {r["id"] for r in persisted}
+    for row in old:
+        got = explicit[row["id"]]
+        nulls = {k for k in ("ongoing", "activity_score", "expiry_time", "recording_ttl") if got[k] is None}
+        assert nulls == (set() if row not in persisted else {"ongoing", "activity_score", "expiry_time",
+                                                              "recording_ttl"})
+        assert got["start_time"] == row["start_time"] and got["click_count"] == row["click_count"]
+
+
+def test_deleted_recordings_drop_out_at_once(fake: FakePostHog, api: httpx.Client) -> None:
+    before = fake.truth(1, "session_recordings")
+    params = {"date_from": "-30d", "order": "start_time", "order_direction": "ASC"}
+    gone = [before[0]["id"], before[5]["id"], before[6]["id"], before[-1]["id"]]
+    for ident in gone:
+        fake.delete_recording(1, ident)
+    listed = recordings(api, **params, limit=7)
+    assert [r["id"] for r in listed] == [r["id"] for r in before if r["id"] not in gone]
+    keyset, after = [], None
+    while True:
+        body = api.get("/api/projects/1/session_recordings/",
+                       params={**params, "limit": 7, **({"after": after} if after else {})}).json()
+        keyset += body["results"]
+        if not body["has_next"]:
+            break
+        after = body["next_cursor"]
+    assert keyset == listed
+    assert {r["id"] for r in fake.truth(1, "session_recordings")} == {r["id"] for r in listed}
+    assert api.get(f"/api/projects/1/session_recordings/{gone[1]}/").json()["detail"] == "Recording not found"
+
+
+def test_too_big_queries_answer_like_clickhouse(fake: FakePostHog, api: httpx.Client) -> None:
+    fake.too_big(100, max_span_s=86400, statuses=(504, 512, 513, "timeout", "capacity", "simultaneous"), seed=1)
+    url = "/api/projects/1/session_recordings/"
+    seen = {}
+    for _ in range(30):
+        r = api.get(url, params={"date_from": "-1h", "limit": 101})
+        seen[r.status_code, r.json()["detail"]] = r.json()
+    assert {s for s, _ in seen} == {504, 512, 513, 429}
+    assert {d for s, d in seen if s == 429} == {"Query timeout exceeded. Try again later.",
+                                                 "ClickHouse is at capacity. Try again later.",
+                                                 "Too many simultaneous queries. Try again later."}
+    assert all("Expected available" not in d for _, d in seen)
+    assert api.get(url, params={"date_from": "-1h", "limit": 100}).status_code == 200
+    assert api.get(url, params={"date_from": "-2d", "limit": 5}).status_code != 200  # the window is too long
+    assert api.get(url, params={"date_from": "-2d", "date_to": "-1d", "limit": 5}).status_code == 200
+    ids = json.dumps([r["id"] for r in fake.truth(1, "session_recordings")[:5]])
+    assert api.get(url, params={"session_ids": ids, "limit": 5}).status_code == 200  # by id: no window cost

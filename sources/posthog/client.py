@@ -38,6 +38,7 @@ _TITLE_RE = re.compile(r"<title>\s*([^<]{1,120}?)\s*</title>", re.IGNORECASE)
 MAX_BACKOFF_S = 300.0
 _SCOPE_RE = re.compile(r"scope '([\w:*]+)'")
 MIN_PAGE = 100
+MAX_PAGE = 50_000  # HogQL caps a SELECT at this many rows (§7.1)
 
 
 class PostHogError(Exception):
@@ -80,19 +81,23 @@ class QueryTooBig(PostHogError):
 class QueryLimits:
     """The largest recordings page PostHog answered in time, learned once and shared by every project.
 
-    A page size that was too big is never asked for again in the run; `size` is kept in the resource
-    state so the next run starts from it.
+    A page size that was too big is not asked for again in the run, unless the date window had to be
+    narrowed too: then the window, not the size, was the trouble, and the size doubles back page by page
+    until one is too big again. `size` is kept in the resource state so the next run starts from it.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.size: int | None = None
         self.floor = MIN_PAGE
+        self._configured = 0
+        self._growing = False
 
     def start(self, configured: int, stored: int | None = None) -> None:
         """Take the configured page size (its floor: a 16th, 10 to 100 rows) and a size a run stored."""
         with self._lock:
             self.floor = min(MIN_PAGE, max(10, configured // 16), configured)
+            self._configured = max(self._configured, configured)
             for size in (configured, stored):
                 if size:
                     self.size = min(self.size or size, max(int(size), self.floor))
@@ -109,7 +114,19 @@ class QueryLimits:
                 return None
             smaller = max(self.floor, tried // 2)
             self.size = min(self.size or smaller, smaller)
+            self._growing = False
             return smaller
+
+    def regrow(self) -> None:
+        """The window was narrowed: let the page size double again after each page answered in time."""
+        with self._lock:
+            self._growing = True
+
+    def answered(self, limit: int) -> None:
+        """A page of `limit` rows was answered in time."""
+        with self._lock:
+            if self._growing and self.size and limit >= self.size:
+                self.size = min(self._configured, self.size * 2)
 
 
 class TransientError(Exception):
@@ -421,9 +438,9 @@ class PostHogClient:
         """
         counters = getattr(self._local, "counters", None)
 
-        def fetch(page_params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        def fetch(page_params: dict[str, Any], capped: bool) -> tuple[dict[str, Any], dict[str, Any]]:
             with self.counting(counters):
-                return self._page(path, page_params, limits)
+                return self._page(path, page_params, limits if capped else None)
 
         pages_read: set[frozenset[tuple[str, str]]] = {_page_id(params)}
         pool = ThreadPoolExecutor(max_workers=1)
@@ -432,7 +449,9 @@ class PostHogClient:
             while True:
                 rows: list[dict[str, Any]] = body["results"]
                 following = _following(path, paging, current, body, pages_read)
-                upcoming = pool.submit(fetch, following) if following is not None else None
+                # a page grown to read past a tie group is sent as it is: too big, the caller narrows the window
+                grown = following is not None and int(following.get("limit", 0)) > int(current.get("limit", 0))
+                upcoming = pool.submit(fetch, following, not grown) if following is not None else None
                 yield rows, body
                 if upcoming is None:
                     return
@@ -460,6 +479,8 @@ class PostHogClient:
                 continue
             if not isinstance(body, dict) or not isinstance(body.get("results"), list):
                 raise PagingError(f"GET {path}: the response has no `results` list")
+            if limits is not None and "limit" in params:
+                limits.answered(int(params["limit"]))
             return params, body
 
 
@@ -479,12 +500,13 @@ def _following(
         if params.get("order") == "start_time" and params.get("order_direction") == "ASC" and \
                 rows[-1].get("start_time"):
             last = rows[-1]["start_time"]
+            following = {**{k: v for k, v in params.items() if k != "offset"}, "date_from": last}
             if "date_from" in params and _same_time(last, params["date_from"]):
-                raise PagingError(
-                    f"GET {path}: a whole page of {len(rows)} recordings starts at {last}; "
-                    "raise the page size to read past them"
-                )
-            return {**{k: v for k, v in params.items() if k != "offset"}, "date_from": last}
+                # a whole page starts at one time: only a bigger page gets past it
+                if len(rows) >= MAX_PAGE:
+                    raise PagingError(f"GET {path}: more than {MAX_PAGE} recordings start at {last}")
+                following["limit"] = min(MAX_PAGE, 2 * int(params.get("limit", len(rows))))
+            return following
         return {**params, "offset": int(params.get("offset", 0)) + len(rows)}
     next_url = body.get("next")
     if not next_url:

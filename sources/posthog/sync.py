@@ -44,6 +44,7 @@ REREAD_BATCH = 100  # recordings asked for by `session_ids` at once
 EDGE_MARGIN_US = 3600 * 1_000_000  # a session's parts are never this far apart (30 idle minutes end it)
 MIN_WINDOW = timedelta(minutes=15)  # narrower recordings windows than this do not get cheaper
 DELETED = "_deleted"  # set on the rows a run sends only to delete them (dlt's `hard_delete` hint)
+SEEN_KEEP = 1024  # recordings read in a run are forgotten, once past, only when more than this many
 
 
 @dataclass
@@ -286,6 +287,7 @@ def _read_windows(
                     rows = _complete_partials(endpoint, ctx, project_id, rows, known)
                 if upper is not None:  # rows running past date_to may be cut there: read whole at the end
                     rows = window.hold(rows, int(upper.timestamp() * 1_000_000))
+                    seen.ends.update(dict.fromkeys(window.held))  # a cut row's end is not the session's
                 yield from _emit(endpoint, ctx, run, rows, window, lookback_us)
         except QueryTooBig as error:
             if limits is None:
@@ -298,11 +300,13 @@ def _read_windows(
             if span < MIN_WINDOW:
                 raise
             upper = parse_time(lower) + span
+            limits.regrow()
             logger.warning("%s; reading windows of %s from %s", error, span, lower)
             continue
         if window.held:
             rows = _reread(endpoint, ctx, project_id, [r for r in window.held.values()])
             window.held.clear()
+            seen.ends.update((r["id"], None if r.get("ongoing") is not False else _us(r["end_time"])) for r in rows)
             yield from _emit(endpoint, ctx, run, rows, window, lookback_us)
         if upper is None:
             return
@@ -318,7 +322,7 @@ class _Seen:
 
     def __init__(self) -> None:
         self.ends: dict[str, int | None] = {}
-        self._mark = 1024
+        self._mark = SEEN_KEEP
 
     def fresh(self, rows: list[ROW], last_start: str | None) -> list[ROW]:
         """The rows not read before; remembers them."""
@@ -336,7 +340,7 @@ class _Seen:
             # one session are never an hour apart (PostHog ends a session after 30 idle minutes)
             floor = _us(last_start) - EDGE_MARGIN_US
             self.ends = {k: v for k, v in self.ends.items() if v is None or v >= floor}
-            self._mark = max(1024, 2 * len(self.ends))
+            self._mark = max(SEEN_KEEP, 2 * len(self.ends))
         return out
 
 
