@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ import duckdb
 import pytest
 from dlt.common.configuration.container import Container
 from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
+from hypothesis import settings
 
 from pipelines.runner import SyncOptions, SyncResult, run_sync
 from sources.posthog import ENDPOINTS
@@ -18,6 +20,12 @@ from sources.posthog.fake import FakePostHog
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 PROJECTS = [1, 2]
+
+# CI and the README's test command replay the same examples every run, so a failure can be reproduced;
+# `HYPOTHESIS_PROFILE=explore` draws new ones (and more) to look for the next one
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", max_examples=200, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)
