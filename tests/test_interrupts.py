@@ -33,6 +33,15 @@ def _env(tmp_path: Path, fake: FakePostHog) -> dict[str, str]:
             "SOURCES__POSTHOG__PAGE_SIZES": '{"session_recordings": 20, "desktop_recordings": 3}'}
 
 
+def _slow_fake() -> FakePostHog:
+    """A fake slow enough (30 ms a request, 20-row pages) that a sync is still running seconds in."""
+    return FakePostHog(project_ids=[1, 2], seed=5, recordings=400, recording_step_s=1200, latency_s=0.03)
+
+
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _wait_for_first_load(tmp_path: Path, process: subprocess.Popen[str]) -> None:
     loaded = tmp_path / "dlt" / "pipelines" / "posthog" / "load" / "loaded"
     deadline = time.monotonic() + 60
@@ -51,12 +60,11 @@ def _tables(output: Path) -> set[str]:
 def test_a_signal_stops_within_seconds_commits_nothing_partial_and_the_rerun_continues(
     tmp_path: Path, sig: signal.Signals, code: int
 ) -> None:
-    fake = FakePostHog(project_ids=[1, 2], seed=5, recordings=400, recording_step_s=1200, latency_s=0.03)
+    fake = _slow_fake()
     output, env = tmp_path / "interrupted.duckdb", _env(tmp_path, fake)
     with fake.serve() as url:
         args = _sync_args(url, output)
-        victim = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)
+        victim = _start(args, env)
         _wait_for_first_load(tmp_path, victim)
         victim.send_signal(sig)
         sent = time.monotonic()
@@ -81,12 +89,11 @@ def test_a_signal_stops_within_seconds_commits_nothing_partial_and_the_rerun_con
 
 
 def test_a_second_sync_of_the_same_pipeline_exits_at_once_and_the_first_finishes(tmp_path: Path) -> None:
-    fake = FakePostHog(project_ids=[1, 2], seed=5, recordings=400, recording_step_s=1200, latency_s=0.03)
+    fake = _slow_fake()
     output, env = tmp_path / "shared.duckdb", _env(tmp_path, fake)
     with fake.serve() as url:
         args = _sync_args(url, output)
-        first = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True)
+        first = _start(args, env)
         lock = tmp_path / "dlt" / "pipelines" / "posthog.sync.lock"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not lock.exists():
