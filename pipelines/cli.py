@@ -197,14 +197,9 @@ def sync_options(args: argparse.Namespace) -> SyncOptions:
 def _sync(args: argparse.Namespace) -> int:
     options = sync_options(args)
     # SIGTERM (a scheduler stopping the job) ends the run like Ctrl-C: unwound, nothing partial committed
-    interruption = Interruption()
-    previous = {sig: signal.signal(sig, interruption) for sig in EXIT_SIGNALLED}
-    try:
+    with Interruption() as interruption:
         result = run_sync(options, interruption=interruption)
         interruption.raise_if_signalled()  # a signal whose exception a finalizer swallowed at the very end
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if not result.ok or (options.strict and result.warnings()):
         return EXIT_FAILED
     return EXIT_OK

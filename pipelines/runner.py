@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -52,18 +53,36 @@ class Interrupted(KeyboardInterrupt):
 
 
 class Interruption:
-    """A signal handler that remembers the signal as well as raising `Interrupted`.
+    """SIGINT/SIGTERM handling for one sync: the signal raises `Interrupted` and is remembered.
 
     Python drops an exception raised inside a finalizer (`__del__`, run by the garbage collector at any
-    moment), so a signal can arrive there and be lost; the run checks `raise_if_signalled` between loads.
+    moment) and prints it with a traceback, so a signal can arrive there and be lost; while installed
+    (`with Interruption() as i:`) such a report is silenced and the run checks `raise_if_signalled`
+    between loads.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._hook: Callable[[Any], object] = sys.unraisablehook
 
     def __call__(self, signum: int, frame: object) -> None:
         self.signum = signum
         raise Interrupted(signum)
+
+    def __enter__(self) -> Interruption:
+        self._previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        sys.unraisablehook = self._hook
+
+    def _unraisable(self, unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):  # ours is acted on between loads
+            self._hook(unraisable)
 
     def raise_if_signalled(self) -> None:
         """Raise `Interrupted` if a signal arrived, even one whose exception was lost."""

@@ -14,7 +14,7 @@ import pytest
 from filelock import FileLock
 
 from pipelines.cli import main
-from pipelines.runner import SyncOptions, sync_locks
+from pipelines.runner import Interrupted, Interruption, SyncOptions, sync_locks
 from sources.posthog import ENDPOINTS
 from sources.posthog.fake import FakePostHog
 
@@ -130,3 +130,31 @@ def test_a_held_output_lock_stops_a_sync_of_another_pipeline_before_any_request(
     assert code == 1
     assert "is running" in capsys.readouterr().err
     assert fake.requests == []
+
+
+def test_a_signal_lost_in_a_finalizer_still_stops_the_run_and_prints_no_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    reported: list[BaseException] = []  # what Python would print as "Exception ignored in ...", traceback and all
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(unraisable.exc_value))
+
+    class Finalized:
+        def __init__(self, error: BaseException | None = None) -> None:
+            self.error = error
+
+        def __del__(self) -> None:  # the signal arrives while the garbage collector runs this
+            if self.error is not None:
+                raise self.error
+            interruption(signal.SIGTERM, None)
+
+    with Interruption() as interruption:
+        Finalized()
+        Finalized(ValueError("not ours"))
+        gc.collect()
+        with pytest.raises(Interrupted) as raised:
+            interruption.raise_if_signalled()
+    assert raised.value.signum == signal.SIGTERM
+    assert [type(e) for e in reported] == [ValueError]  # only other errors are still reported
+    assert signal.getsignal(signal.SIGTERM) is not interruption  # handlers restored
