@@ -25,7 +25,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from .pacing import BucketStats, Pacer
+from .pacing import BucketStats, Pacer, recordings_list
 
 logger = logging.getLogger("posthog_export")
 
@@ -356,7 +356,7 @@ class PostHogClient:
             with self._lock:  # not the rate limit: the server accepted the request
                 self.pacer.answered(path, sent_at)
                 self.pacer.buckets_for(path)[-1].stats.throttled += 1
-            if _recordings_list(path):  # ask for less, never the same again (§6)
+            if recordings_list(path):  # ask for less, never the same again (§6)
                 raise QueryTooBig(f"{where}: HTTP 429 {detail[:120]}")
             raise TransientError(f"{where}: 429 {detail}")
         now = self._clock()
@@ -393,7 +393,7 @@ class PostHogClient:
             except orjson.JSONDecodeError as error:
                 raise TransientError(f"{where}: invalid or truncated JSON in the response") from error
         detail = _detail(response)
-        if _recordings_list(path) and status in (504, 512, 513):
+        if recordings_list(path) and status in (504, 512, 513):
             raise QueryTooBig(f"{where}: HTTP {status} {detail[:120]}")
         if status >= 500:
             raise TransientError(f"{where}: HTTP {status} {detail[:120]}")
@@ -527,12 +527,6 @@ def _same_time(a: str, b: str) -> bool:
         return datetime.fromisoformat(a.replace("Z", "+00:00")) == datetime.fromisoformat(b.replace("Z", "+00:00"))
     except ValueError:
         return a == b
-
-
-def _recordings_list(path: str) -> bool:
-    """`/api/projects/:id/session_recordings/`: the ClickHouse-backed listing (§6)."""
-    parts = [p for p in path.split("/") if p]
-    return len(parts) == 4 and parts[3] == "session_recordings"
 
 
 def _resource(path: str) -> str:

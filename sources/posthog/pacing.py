@@ -177,10 +177,10 @@ class Pacer:
 
     def buckets_for(self, path: str) -> list[Bucket]:
         """The buckets a GET of `path` counts against; the last one is the one its 429s are blamed on."""
+        if recordings_list(path):
+            return [self.buckets["analytics"], self.buckets["recordings_list"]]
         parts = [p for p in path.split("/") if p]
-        if len(parts) >= 4 and parts[3] == "session_recordings":
-            if len(parts) == 4:
-                return [self.buckets["analytics"], self.buckets["recordings_list"]]
+        if len(parts) > 4 and parts[3] == "session_recordings":
             return [self.buckets["analytics"]]
         return [self.buckets["general"]]
 
@@ -210,3 +210,9 @@ class Pacer:
             bucket.forget(sent_at)
         # the body does not name the bucket: blame the narrowest one (the recordings listing tier)
         buckets[-1].throttled(sent_at, now, wait_s)
+
+
+def recordings_list(path: str) -> bool:
+    """`/api/projects/:id/session_recordings/`: the ClickHouse-backed listing with its own tier (§5, §6)."""
+    parts = [p for p in path.split("/") if p]
+    return len(parts) == 4 and parts[3] == "session_recordings"
