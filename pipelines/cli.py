@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import duckdb
 
-from sources.posthog import ENDPOINTS, resolve_api_key
-from sources.posthog.client import REGION_HOSTS, PostHogError, normalize_host
+from sources.posthog import ENDPOINTS, SettingsError
+from sources.posthog.client import REGION_HOSTS, PostHogError
 
 from .output import echo, print_table
 from .runner import AlreadyRunning, Interrupted, Interruption, SyncOptions, UsageError, run_sync
@@ -26,8 +24,6 @@ EXIT_SIGNALLED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 DEFAULT_OUTPUT = "posthog_export.duckdb"
 DEFAULT_PARQUET_OUTPUT = "posthog_export_parquet"
 DEMO_OUTPUT = "posthog_demo.duckdb"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-CLOUD_HOSTS = ("us.posthog.com", "eu.posthog.com", "app.posthog.com")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--dataset", default="posthog", help="dataset (schema) name (default posthog)")
     sync.add_argument("--full-refresh", action="store_true", help="rebuild the selected tables from scratch")
     sync.add_argument("--lookback-days", type=_positive, help="re-read window before the cursor (default 1)")
-    sync.add_argument("--schema-contract", choices=["freeze", "evolve"], default="freeze",
+    sync.add_argument("--schema-contract", choices=["freeze", "evolve"],
                       help="freeze: new PostHog fields are reported, not loaded (default); evolve: add them")
     sync.add_argument("--pipeline-name", default="posthog", help="dlt pipeline name (default posthog)")
     sync.add_argument("--rate-limit-plan", choices=["free", "paid", "enterprise", "none"],
@@ -111,86 +107,34 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
-def _config(key: str) -> object:
-    import dlt
-
-    return dlt.config.get(f"sources.posthog.{key}")
-
-
-def _config_table(key: str) -> dict[str, object]:
-    """A table from config: a TOML table, or JSON text when it comes from an environment variable."""
-    value = _config(key)
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as error:
-            raise UsageError(f"sources.posthog.{key} is not valid JSON: {error}") from error
-    if value is not None and not isinstance(value, dict):
-        raise UsageError(f"sources.posthog.{key} must be a table, e.g. {{session_recordings = 5000}}")
-    return dict(value or {})
-
-
-def default_plan(host: str) -> str:
-    """`free` (the strictest limits) on PostHog Cloud; `none` elsewhere, because self-hosted PostHog
-    throttles only with RATE_LIMIT_ENABLED (shared/posthog-api.md §5). 429s are honoured either way."""
-    return "free" if urlsplit(host).hostname in CLOUD_HOSTS else "none"
+# a setting's flag, for errors about it (sources/posthog/settings.py names the setting only)
+FLAGS = {
+    "project_ids": "--project-id", "host": "--host", "allow_insecure_http": "--allow-insecure-http",
+    "lookback_days": "--lookback-days", "rate_limit_plan": "--rate-limit-plan", "resources": "--resources",
+    "max_wait_minutes": "--max-wait-minutes", "personal_api_key": "POSTHOG_PERSONAL_API_KEY",
+}
 
 
 def sync_options(args: argparse.Namespace) -> SyncOptions:
-    """Resolve flags and dlt config into the options of one sync (flags win over config)."""
-    raw_ids = args.project_ids or _config("project_ids") or _config("project_id") or []
-    if isinstance(raw_ids, str) and raw_ids.strip().startswith("["):  # a list from an environment variable
-        raw_ids = json.loads(raw_ids)
-    if isinstance(raw_ids, str | int):
-        raw_ids = [raw_ids]
-    parts = [part.strip() for raw in raw_ids for part in str(raw).split(",")]
-    everything = "all" in parts
-    ids: list[int] = []
-    for part in parts:
-        if part != "all" and not part.isdigit():
-            raise UsageError(f"--project-id must be a number or all, got {part!r}")
-        ids.extend([int(part)] if part.isdigit() else [])
-    if everything and ids:
-        raise UsageError("--project-id all syncs every project: do not combine it with project ids")
-    if not ids and not everything:
-        raise UsageError("no project id: pass --project-id ID (or all) or set sources.posthog.project_ids")
-    key = resolve_api_key()
-    if not key:
-        raise UsageError(
-            "no PostHog personal API key: set POSTHOG_PERSONAL_API_KEY (or "
-            "sources.posthog.personal_api_key in .dlt/secrets.toml); create one under "
-            "Settings → Personal API keys"
-        )
-    host = normalize_host(str(args.host or _config("host") or REGION_HOSTS["us"]))
-    url = urlsplit(host)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise UsageError(f"--host {host!r} is not a URL: use us, eu or https://your-posthog.example.com")
-    if url.scheme == "http" and url.hostname not in LOOPBACK and not args.allow_insecure_http:
-        raise UsageError(
-            f"refusing plain http:// for {url.hostname}: the key would travel in clear text; use https:// "
-            "or pass --allow-insecure-http"
-        )
+    """The flags a user gave, as the options of one sync; every setting not given comes from dlt's config
+    (`sources/posthog/settings.py`), as for `posthog_source()`."""
     output = args.output or (DEFAULT_PARQUET_OUTPUT if args.destination == "parquet" else DEFAULT_OUTPUT)
-    lookback = args.lookback_days if args.lookback_days is not None else _config("lookback_days")
     return SyncOptions(
-        project_ids=ids,
-        api_key=key,
-        host=host,
+        project_ids=args.project_ids,
+        host=args.host,
         resources=args.resources or list(ENDPOINTS),
         destination=args.destination,
         output=output,
         dataset=args.dataset,
         full_refresh=args.full_refresh,
-        lookback_days=float(lookback) if lookback is not None else 1.0,
-        evolve=args.schema_contract == "evolve",
+        lookback_days=args.lookback_days,
+        evolve={"evolve": True, "freeze": False}.get(args.schema_contract),
         pipeline_name=args.pipeline_name,
-        rate_limit_plan=str(args.rate_limit_plan or _config("rate_limit_plan") or default_plan(host)),
-        rate_limits=_config_table("rate_limits"),  # type: ignore[arg-type]
-        max_wait_s=60 * float(args.max_wait_minutes if args.max_wait_minutes is not None else 60),
+        rate_limit_plan=args.rate_limit_plan,
+        max_wait_s=None if args.max_wait_minutes is None else 60 * args.max_wait_minutes,
+        allow_insecure_http=args.allow_insecure_http or None,
         strict=args.strict,
-        all_projects=everything,
         quiet=args.quiet,
-        page_sizes={str(k): int(v) for k, v in _config_table("page_sizes").items()},  # type: ignore[call-overload]
     )
 
 
@@ -256,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UsageError as error:
         echo(f"error: {error}", err=True)
+        return EXIT_USAGE
+    except SettingsError as error:
+        flag = FLAGS.get(error.field)
+        echo(f"error: {error}" + (f" ({flag} or sources.posthog.{error.field})" if flag else ""), err=True)
         return EXIT_USAGE
     except AlreadyRunning as error:
         echo(f"error: {error}", err=True)

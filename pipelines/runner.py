@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -14,16 +13,25 @@ from typing import Any
 
 import dlt
 import httpx
+from dlt.common.configuration.exceptions import ConfigurationException
 from dlt.common.pipeline import get_dlt_pipelines_dir
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.pipeline.exceptions import PipelineStepFailed
 from filelock import FileLock, Timeout
 
-from sources.posthog import ENDPOINTS, PostHogClient, SyncReport, posthog_source
-from sources.posthog.arrow import SchemaViolation, dlt_columns
+from sources.posthog import (
+    ENDPOINTS,
+    PostHogSettings,
+    Session,
+    SyncReport,
+    posthog_source,
+    resolve_settings,
+    session_of,
+)
+from sources.posthog.arrow import SchemaViolation
 from sources.posthog.client import AuthError, ClientStats, NotPostHog, PostHogError, ProjectNotFound
-from sources.posthog.endpoints import ColumnType as TColumnType
-from sources.posthog.pacing import Pacer
+from sources.posthog.report import REPORT_COLUMNS, REPORT_TABLE
+from sources.posthog.settings import Clock
 from sources.posthog.sync import DELETED, child_table, parent_column
 
 from .output import echo, print_table
@@ -33,7 +41,6 @@ from .views import create_views, drop_views
 
 logger = logging.getLogger("posthog_export")
 DUCKDB_MEMORY = "128MB"
-Clock = tuple[Callable[[], float], Callable[[float], None]]
 
 
 class UsageError(Exception):
@@ -101,30 +108,49 @@ def _interrupted(error: BaseException, resource: str | None = None) -> Interrupt
 
 @dataclass
 class SyncOptions:
-    """Everything one sync needs, resolved from flags and config."""
+    """One sync: where it loads (the runner's part) and the settings given explicitly.
 
-    project_ids: list[int]
-    api_key: str
-    host: str
-    resources: list[str]
+    A setting left at None comes from dlt's config (`SOURCES__POSTHOG__*`, `[sources.posthog]`) or its
+    default, exactly as for `posthog_source()` (`sources/posthog/settings.py`).
+    """
+
+    project_ids: list[int] | str | None = None
+    api_key: str | None = None
+    host: str | None = None
+    resources: list[str] = field(default_factory=lambda: list(ENDPOINTS))
     destination: str = "duckdb"
     output: str = "posthog_export.duckdb"
     dataset: str = "posthog"
     full_refresh: bool = False
-    lookback_days: float = 1.0
-    evolve: bool = False
     pipeline_name: str = "posthog"
     pipelines_dir: str | None = None
-    initial_date_from: str = "2020-01-01T00:00:00Z"
-    page_sizes: dict[str, int] = field(default_factory=dict)
-    max_attempts: int = 6
-    backoff_s: float = 1.0
-    rate_limit_plan: str = "free"
-    rate_limits: dict[str, list[int]] = field(default_factory=dict)
-    max_wait_s: float = 3600.0
     strict: bool = False
-    all_projects: bool = False
     quiet: bool = False
+    # settings (None: from config)
+    lookback_days: float | None = None
+    evolve: bool | None = None
+    initial_date_from: str | None = None
+    page_sizes: dict[str, int] | None = None
+    max_attempts: int | None = None
+    backoff_s: float | None = None
+    rate_limit_plan: str | None = None
+    rate_limits: dict[str, list[int]] | None = None
+    max_wait_s: float | None = None
+    allow_insecure_http: bool | None = None
+
+    def settings(self) -> PostHogSettings:
+        """The source's settings: these options where given, dlt's config and defaults for the rest."""
+        try:
+            return resolve_settings(
+                project_ids=self.project_ids, personal_api_key=self.api_key, host=self.host,
+                lookback_days=self.lookback_days, evolve_schema=self.evolve,
+                initial_date_from=self.initial_date_from, page_sizes=self.page_sizes,
+                max_attempts=self.max_attempts, backoff_s=self.backoff_s, rate_limit_plan=self.rate_limit_plan,
+                rate_limits=self.rate_limits, allow_insecure_http=self.allow_insecure_http,
+                max_wait_minutes=None if self.max_wait_s is None else self.max_wait_s / 60,
+            )
+        except ConfigurationException as error:  # a config value of the wrong type
+            raise UsageError(str(error).strip().splitlines()[0]) from error
 
 
 @dataclass
@@ -200,10 +226,8 @@ def _cause(error: BaseException) -> BaseException:
     return deepest
 
 
-def _compact(options: SyncOptions, resource: str, pipeline: Any) -> None:
+def _compact(resource: str, pipeline: Any) -> None:
     """Compact the resource's tables in the bucket, local or remote, with dlt's own fsspec client."""
-    if options.destination not in ("parquet", "filesystem"):
-        return
     endpoint = ENDPOINTS[resource]
     with pipeline.destination_client() as client:
         fs, folder = client.fs_client, client.get_table_dir
@@ -215,38 +239,19 @@ def _compact(options: SyncOptions, resource: str, pipeline: Any) -> None:
             )
 
 
-def _drop_rows_of_an_older_key(options: SyncOptions, resource: str, pipeline: Any) -> None:
+def _drop_rows_of_an_older_key(resource: str, pipeline: Any) -> None:
     """Delete rows a null key column marks as loaded before that column joined the key (`late_key`).
 
     Such rows would never match a merge again and stand beside their newer copies; the full listing that
     just loaded wrote every current row again, so they can go. (Parquet compaction drops them itself.)
     """
     endpoint = ENDPOINTS[resource]
-    if not endpoint.late_key or options.destination in ("parquet", "filesystem"):
+    if not endpoint.late_key:
         return
     with pipeline.sql_client() as sql:
         nulls = " OR ".join(f"{sql.escape_column_name(k)} IS NULL" for k in endpoint.late_key)
         sql.execute_sql(f"DELETE FROM {sql.make_qualified_table_name(endpoint.name)} WHERE {nulls}")
 
-
-def make_client(
-    options: SyncOptions, transport: httpx.BaseTransport | None = None, clock: Clock | None = None
-) -> PostHogClient:
-    """The run's one PostHog client, shared by every resource and project.
-
-    `clock` replaces (monotonic time, sleep) for tests that simulate hours of rate limits.
-    """
-    timing = {"clock": clock[0], "sleep": clock[1]} if clock else {}
-    return PostHogClient(
-        options.host,
-        options.api_key,
-        max_attempts=options.max_attempts,
-        backoff_s=options.backoff_s,
-        max_wait_s=options.max_wait_s,
-        pacer=Pacer(options.rate_limit_plan, options.rate_limits),
-        transport=transport,
-        **timing,  # type: ignore[arg-type]
-    )
 
 
 def sync_locks(options: SyncOptions) -> list[FileLock]:
@@ -283,106 +288,88 @@ def run_sync(
     options: SyncOptions, *, transport: httpx.BaseTransport | None = None, clock: Clock | None = None,
     interruption: Interruption | None = None,
 ) -> SyncResult:
-    """Sync the selected resources of every project, one dlt load per resource.
+    """The CLI's sync: settings, locks, progress display and summary around `run(pipeline, source)`.
 
-    A resource that fails leaves nothing half-loaded and its state unchanged; the others still run.
-    A rejected key or an unknown project stops the run at once. Only one sync of a pipeline (and of a
-    local output) runs at a time: a second one raises `AlreadyRunning`. With `interruption` installed as
-    the SIGINT/SIGTERM handler, a signal stops the run between loads even if its exception was lost.
+    Only one sync of a pipeline (and of a local output) runs at a time: a second one raises
+    `AlreadyRunning`. With `interruption` installed as the SIGINT/SIGTERM handler, a signal stops the run
+    between loads even if its exception was lost.
     """
+    settings = options.settings()
     destination, file_format = _destination(options)
+    client = settings.client(transport, clock)
+    source = posthog_source(settings=settings, resources=options.resources, client=client)
+    session = session_of(source)
     with exclusive(options):
-        return _run_locked(options, destination, file_format, transport, clock, interruption or Interruption())
+        pipeline = dlt.pipeline(
+            options.pipeline_name,
+            destination=destination,
+            dataset_name=options.dataset,
+            pipelines_dir=options.pipelines_dir,
+        )
+        with SyncProgress(client.stats, default_mode(options.quiet)) as progress:
+            session.report.on_page = progress.page
+            result = run(pipeline, source, full_refresh=options.full_refresh, loader_file_format=file_format,
+                         interruption=interruption or Interruption())
+    print_summary(result, options)
+    return result
 
 
-def _run_locked(
-    options: SyncOptions, destination: Any, file_format: str | None, transport: httpx.BaseTransport | None,
-    clock: Clock | None, interruption: Interruption,
+def run(
+    pipeline: Any, source: Any, *, full_refresh: bool = False, loader_file_format: str | None = None,
+    interruption: Interruption | None = None,
 ) -> SyncResult:
+    """Load a `posthog_source()` into `pipeline` as the CLI does, and return what happened.
+
+    Each selected resource is its own dlt load, so one that fails leaves nothing half-loaded and its state
+    unchanged while the others still load; every resource starts reading at once, from its last committed
+    state. After each load the Parquet files of a filesystem destination are compacted; at the end the
+    BI views are (re)created and the counters of failed resources appended to `_sync_report`. A rejected
+    key or an unknown project stops the run at once (raised). `loader_file_format` defaults to Parquet on
+    DuckDB and filesystem destinations.
+    """
+    session = session_of(source)
+    interruption = interruption or Interruption()
+    kind = destination_kind(pipeline)
+    file_format = loader_file_format or ("parquet" if kind in ("duckdb", "filesystem") else None)
     dlt_logger = logging.getLogger("dlt")
     if _quiet_arrow_hints not in dlt_logger.filters:
         dlt_logger.addFilter(_quiet_arrow_hints)
-    report = SyncReport()
-    try:
-        client = make_client(options, transport, clock)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-    pipeline = dlt.pipeline(
-        options.pipeline_name,
-        destination=destination,
-        dataset_name=options.dataset,
-        pipelines_dir=options.pipelines_dir,
-    )
     # dlt's own handlers defer a signal during normalize/load and forget it if the step ends first: ours
     # raise at once instead; an interrupted load stays pending and the next run completes it
     pipeline.config.runtime.intercept_signals = False
+    selected = list(source.selected_resources)
+    failures: dict[str, str] = {}
     try:
-        if options.all_projects:
-            options.project_ids = discover_projects(client)
-        with SyncProgress(client.stats, default_mode(options.quiet)) as progress:
-            report.on_page = progress.page
-            failures = _load_resources(options, pipeline, client, report, file_format, interruption)
+        session.project_ids()  # `all`: ask PostHog once, before any load
+        if full_refresh and kind not in ("duckdb", "filesystem"):
+            try:  # Postgres refuses to drop tables that views depend on; the run recreates them
+                drop_views(pipeline)
+            except Exception as error:  # noqa: BLE001 - the loads below report destination problems
+                logger.warning("views not dropped before the full refresh: %s", error)
+        session.read_ahead({} if full_refresh else committed_states(pipeline))
+        for resource in selected:
+            interruption.raise_if_signalled()
+            one = source.with_resources(resource)  # a clone that extracts this resource only
+            if _load_one(pipeline, one, resource, session, file_format, full_refresh, failures):
+                if kind == "filesystem":
+                    _compact(resource, pipeline)
+                else:
+                    _drop_rows_of_an_older_key(resource, pipeline)
         interruption.raise_if_signalled()
         create_views(pipeline)  # BI views (pipelines/views.py); none on Parquet/filesystem
-        _load_report(pipeline, report, file_format)
+        _load_report(pipeline, session.report, file_format)
     except PipelineStepFailed as error:
         if interrupt := _interrupted(error):
             raise interrupt from None
         raise
     finally:
-        client.close()
-    result = SyncResult(report=report, failures=failures, pipeline=pipeline, client_stats=client.stats)
-    print_summary(result, options)
-    return result
+        session.close()
+    return SyncResult(report=session.report, failures=failures, pipeline=pipeline, client_stats=session.client.stats)
 
 
-def discover_projects(client: PostHogClient) -> list[int]:
-    """Every project the key can read (`/api/projects/`, all pages)."""
-    ids = [int(p["id"]) for page, _ in client.pages("/api/projects/", {"limit": 100}, "drf") for p in page]
-    if not ids:
-        raise UsageError(f"the key can read no projects on {client.host}: check the key's project access")
-    logger.info("found %d projects: %s", len(ids), ", ".join(map(str, ids)))
-    return ids
-
-
-def _load_resources(
-    options: SyncOptions, pipeline: Any, client: PostHogClient, report: SyncReport, file_format: str | None,
-    interruption: Interruption,
-) -> dict[str, str]:
-    """One dlt load per resource; returns the resources that failed, with their one-line reason."""
-    failures: dict[str, str] = {}
-    if options.full_refresh and options.destination not in ("duckdb", "parquet", "filesystem"):
-        try:  # Postgres refuses to drop tables that views depend on; the run recreates them
-            drop_views(pipeline)
-        except Exception as error:  # noqa: BLE001 - the loads below report destination problems
-            logger.warning("views not dropped before the full refresh: %s", error)
-    cancelled = threading.Event()
-    # every resource starts reading now, from its committed state, and waits for its own load
-    read_ahead = ({} if options.full_refresh else committed_states(pipeline), cancelled)
-    sources = {
-        resource: posthog_source(
-            project_ids=options.project_ids,
-            host=options.host,
-            resources=[resource],
-            lookback_days=options.lookback_days,
-            initial_date_from=options.initial_date_from,
-            evolve_schema=options.evolve,
-            page_sizes=options.page_sizes,
-            client=client,
-            report=report,
-            read_ahead=read_ahead,
-        )
-        for resource in options.resources
-    }
-    try:
-        for resource, source in sources.items():
-            interruption.raise_if_signalled()
-            if _load_one(options, pipeline, source, resource, report, file_format, failures):
-                _compact(options, resource, pipeline)
-                _drop_rows_of_an_older_key(options, resource, pipeline)
-    finally:
-        cancelled.set()
-    return failures
+def destination_kind(pipeline: Any) -> str:
+    """`duckdb`, `filesystem`, `postgres`, ...: the type of the pipeline's destination."""
+    return str(pipeline.destination.destination_type).rsplit(".", 1)[-1]
 
 
 def committed_states(pipeline: Any) -> dict[str, dict[str, Any]]:
@@ -393,15 +380,15 @@ def committed_states(pipeline: Any) -> dict[str, dict[str, Any]]:
 
 
 def _load_one(
-    options: SyncOptions, pipeline: Any, source: Any, resource: str, report: SyncReport,
-    file_format: str | None, failures: dict[str, str],
+    pipeline: Any, source: Any, resource: str, session: Session, file_format: str | None, full_refresh: bool,
+    failures: dict[str, str],
 ) -> bool:
     """Load one resource; False (and the reason in `failures`) when it failed."""
     try:
         pipeline.run(
             source,
             loader_file_format=file_format,  # type: ignore[arg-type]
-            refresh="drop_resources" if options.full_refresh else None,
+            refresh="drop_resources" if full_refresh else None,
         )
     except PipelineStepFailed as error:
         if interrupt := _interrupted(error, resource):
@@ -410,39 +397,18 @@ def _load_one(
         if isinstance(cause, AuthError | ProjectNotFound | NotPostHog):
             raise cause from error  # nothing else can work either: stop the run
         failures[resource] = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        for project_id in options.project_ids:
-            run = report.run(project_id, resource)
-            run.status, run.reason, run.rows_loaded = "failed", failures[resource], 0
+        session.report.failed(resource, failures[resource], session.project_ids())
         return False
     return True
 
 
-REPORT_COLUMNS: dict[str, TColumnType] = {
-    "run_started_at": "timestamp",
-    "project_id": "bigint",
-    "resource": "text",
-    "requests": "bigint",
-    "throttled": "bigint",
-    "retries": "bigint",
-    "pages": "bigint",
-    "rows_fetched": "bigint",
-    "rows_loaded": "bigint",
-    "api_count": "bigint",
-    "unproven": "bigint",
-    "duration_s": "double",
-    "status": "text",
-    "reason": "text",
-}
-
-
 def _load_report(pipeline: Any, report: SyncReport, file_format: str | None) -> None:
-    """Append this run's counters to the `_sync_report` table."""
-    rows = report.rows()
+    """Append to `_sync_report` the counters no resource's own load carried (the failed ones)."""
+    rows = report.unwritten()
     if rows:
-        table = dlt.resource(
-            rows, name="_sync_report", write_disposition="append", columns=dlt_columns(REPORT_COLUMNS)
-        )
+        table = dlt.resource(rows, name=REPORT_TABLE, write_disposition="append", columns=REPORT_COLUMNS)
         pipeline.run(table, loader_file_format=file_format)
+
 
 
 def print_rate_buckets(stats: ClientStats | None) -> None:

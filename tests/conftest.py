@@ -75,6 +75,7 @@ def options(tmp_path: Path, server: str, fake: FakePostHog) -> SyncOptions:
         pipeline_name="test_posthog",
         backoff_s=0.01,
         rate_limit_plan="none",
+        initial_date_from="2020-01-01T00:00:00Z",
         # small pages so every listing takes several requests
         page_sizes={name: 40 for name in ENDPOINTS},
         quiet=True,

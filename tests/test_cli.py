@@ -157,7 +157,7 @@ def test_a_key_from_the_other_region_gets_a_hint() -> None:
 
 
 def test_pacing_defaults_to_the_strictest_plan_on_posthog_cloud_only() -> None:
-    from pipelines.cli import default_plan
+    from sources.posthog.settings import default_plan
 
     assert default_plan("https://us.posthog.com") == default_plan("https://eu.posthog.com") == "free"
     assert default_plan("https://posthog.internal.example.com") == default_plan("http://127.0.0.1:8000") == "none"

@@ -8,6 +8,26 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .arrow import dlt_columns
+
+REPORT_TABLE = "_sync_report"
+REPORT_COLUMNS = dlt_columns({
+    "run_started_at": "timestamp",
+    "project_id": "bigint",
+    "resource": "text",
+    "requests": "bigint",
+    "throttled": "bigint",
+    "retries": "bigint",
+    "pages": "bigint",
+    "rows_fetched": "bigint",
+    "rows_loaded": "bigint",
+    "api_count": "bigint",
+    "unproven": "bigint",
+    "duration_s": "double",
+    "status": "text",
+    "reason": "text",
+})
+
 
 @dataclass
 class ResourceRun:
@@ -39,6 +59,8 @@ class SyncReport:
     # called after every page read, for progress displays
     on_page: Callable[[ResourceRun], None] | None = None
     _clock: dict[tuple[int, str], float] = field(default_factory=dict)
+    # runs whose `_sync_report` rows a resource already sent with its own load
+    _written: set[tuple[int, str]] = field(default_factory=set)
 
     def fetched(self, run: ResourceRun, rows: int) -> None:
         """Count one page of `rows` read for a resource of a project."""
@@ -63,3 +85,20 @@ class SyncReport:
     def rows(self) -> list[dict[str, Any]]:
         """Rows for the `_sync_report` table."""
         return [{"run_started_at": self.started_at, **asdict(r)} for r in self.runs.values()]
+
+    def written(self, resource: str) -> list[dict[str, Any]]:
+        """The `_sync_report` rows of one resource, which its load carries; marked as sent."""
+        keys = [key for key in self.runs if key[1] == resource]
+        self._written.update(keys)
+        return [{"run_started_at": self.started_at, **asdict(self.runs[key])} for key in keys]
+
+    def failed(self, resource: str, reason: str, project_ids: list[int]) -> None:
+        """Mark a resource failed in every project: its load committed nothing, its rows are unwritten."""
+        for project_id in project_ids:
+            run = self.run(project_id, resource)
+            run.status, run.reason, run.rows_loaded = "failed", reason, 0
+            self._written.discard((project_id, resource))
+
+    def unwritten(self) -> list[dict[str, Any]]:
+        """Rows of runs no committed load carried (a failed resource): loaded on their own."""
+        return [row for row in self.rows() if (row["project_id"], row["resource"]) not in self._written]
