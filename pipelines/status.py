@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,7 +148,10 @@ def _read(status: Status, state: Any, data: Any) -> None:
     status.resources = sorted(found.values(), key=lambda r: (r.project_id, order.index(r.resource)))
 
 
-def _read_report(status: Status, entry: Any, run: Any, present: set[str]) -> None:
+def _read_report(
+    status: Status, entry: Callable[[Any, str], ResourceStatus], run: Callable[..., list[tuple[Any, ...]]],
+    present: set[str],
+) -> None:
     """Per project and resource its last run and last success; and every row of the newest run."""
     columns = [c for c in REPORT_COLUMNS if c in present]  # a report written by an older version lacks some
     listed = ", ".join(columns)
