@@ -89,9 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--max-width", type=int, default=60, help="cut longer values, 0 for never (default 60)")
     sql.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
     status = commands.add_parser("status", help="per project and resource: last sync, cursor, rows, problems")
-    status.add_argument("--output", default=DEFAULT_OUTPUT, help=f"DuckDB file (default {DEFAULT_OUTPUT})")
+    status.add_argument("--destination", default="duckdb",
+                        help="the destination `sync` wrote to: duckdb (default), parquet, or a dlt destination name")
+    status.add_argument("--output", help=f"DuckDB file or Parquet folder (default {DEFAULT_OUTPUT})")
     status.add_argument("--dataset", default="posthog", help="dataset (schema) name (default posthog)")
     status.add_argument("--pipeline-name", default="posthog", help="dlt pipeline name (default posthog)")
+    status.add_argument("--json", action="store_true", help="print one JSON document (keys in README.md)")
     status.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
     return parser
 
@@ -115,10 +118,15 @@ FLAGS = {
 }
 
 
+def default_output(destination: str) -> str:
+    """Where `--output` points when not given, for `sync` and `status` alike."""
+    return DEFAULT_PARQUET_OUTPUT if destination == "parquet" else DEFAULT_OUTPUT
+
+
 def sync_options(args: argparse.Namespace) -> SyncOptions:
     """The flags a user gave, as the options of one sync; every setting not given comes from dlt's config
     (`sources/posthog/settings.py`), as for `posthog_source()`."""
-    output = args.output or (DEFAULT_PARQUET_OUTPUT if args.destination == "parquet" else DEFAULT_OUTPUT)
+    output = args.output or default_output(args.destination)
     return SyncOptions(
         project_ids=args.project_ids,
         host=args.host,
@@ -173,16 +181,22 @@ def _sql(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from .query import one_line
-    from .status import print_status, read_status
+    from .status import print_status, print_status_json, read_status
 
+    output = args.output or default_output(args.destination)
     try:
-        status = read_status(args.output, dataset=args.dataset, pipeline_name=args.pipeline_name)
+        status = read_status(args.destination, output, dataset=args.dataset, pipeline_name=args.pipeline_name)
     except (FileNotFoundError, LookupError) as error:
         raise UsageError(str(error).strip("'\"")) from error
-    except duckdb.Error as error:
-        echo(f"error: cannot read {args.output}: {one_line(error)}", err=True)
+    except UsageError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the destination: unreachable, locked by a sync, no credentials
+        if args.verbose:
+            raise
+        where = output if args.destination in ("duckdb", "parquet", "filesystem") else args.destination
+        echo(f"error: cannot read the status from {where}: {one_line(error)}", err=True)
         return EXIT_FAILED
-    print_status(status)
+    (print_status_json if args.json else print_status)(status)
     return EXIT_OK
 
 

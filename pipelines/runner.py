@@ -186,25 +186,31 @@ class SyncResult:
 
 
 def _destination(options: SyncOptions) -> tuple[Any, str | None]:
-    if options.destination == "duckdb":
-        path = Path(options.output)
-        if path.stem == options.dataset:
+    return destination_for(options.destination, options.output, options.dataset)
+
+
+def destination_for(kind: str, output: str, dataset: str, *, read_only: bool = False) -> tuple[Any, str | None]:
+    """The dlt destination of `--destination`/`--output`/`--dataset` and the load file format to use."""
+    if kind == "duckdb":
+        path = Path(output)
+        if path.stem == dataset:
             # dlt on DuckDB 2.0: a catalog named like the dataset makes every query ambiguous
             raise UsageError(
-                f"the DuckDB file name {path.name!r} equals the dataset name {options.dataset!r}, which "
+                f"the DuckDB file name {path.name!r} equals the dataset name {dataset!r}, which "
                 "DuckDB cannot tell apart: choose another --output or --dataset"
             )
         if path.parent != Path() and not path.parent.exists():
-            raise UsageError(f"the folder of --output {options.output!r} does not exist")
+            raise UsageError(f"the folder of --output {output!r} does not exist")
         # bounded, so a big first merge spills to disk instead of growing the process
         credentials = DuckDbCredentials(
-            str(path.resolve()), global_config={"memory_limit": DUCKDB_MEMORY, "preserve_insertion_order": False}
+            str(path.resolve()), global_config={"memory_limit": DUCKDB_MEMORY, "preserve_insertion_order": False},
+            read_only=read_only,
         )
         return dlt.destinations.duckdb(credentials), "parquet"
-    if options.destination in ("parquet", "filesystem"):
-        url = options.output if "://" in options.output else Path(options.output).resolve().as_uri()
+    if kind in ("parquet", "filesystem"):
+        url = output if "://" in output else Path(output).resolve().as_uri()
         return dlt.destinations.filesystem(bucket_url=url), "parquet"
-    return options.destination, None
+    return kind, None
 
 
 def _quiet_arrow_hints(record: logging.LogRecord) -> bool:

@@ -218,3 +218,31 @@ def test_full_refresh_on_postgres_with_views_in_place(fake: FakePostHog, server:
     assert_tables_match(fake, pg)
     assert_views_match(landed_views(lambda sql: pg_query(pg["url"], sql), pg["dataset"]), expected_views(fake))
 
+
+
+def test_status_json_on_postgres_equals_what_landed(
+    capsys: pytest.CaptureFixture[str], fake: FakePostHog, server: str, pg: dict[str, str], tmp_path: Path
+) -> None:
+    from .test_status import assert_status_matches, assert_table_matches, landed, status_json
+
+    fake.disable(2, "subscriptions", 402)
+    cli_sync(pg, server)
+    fake.advance(3600)
+    cli_sync(pg, server, "--resources", "desktop_recordings,subscriptions")
+    capsys.readouterr()
+    shutil.rmtree(tmp_path / "dlt")  # status restores the state from Postgres, not from a local pipeline folder
+    args = ("--destination", "postgres", "--dataset", pg["dataset"], "--pipeline-name", pg["dataset"])
+    doc = status_json(capsys, *args)
+    truth = landed(lambda sql: pg_query(pg["url"], sql), lambda table: f"{pg['dataset']}.{table}")
+    assert_status_matches(doc, truth, pg["dataset"])
+    assert doc["destination"] == "postgres" and doc["output"] is None and doc["last_run"]["resources"] == 4
+    skipped = next(e for e in doc["resources"] if (e["project_id"], e["resource"]) == (2, "subscriptions"))
+    assert skipped["status"] == "skipped" and "HTTP 402" in skipped["reason"] and skipped["rows"] == 0
+    assert [e["rows"] for e in doc["resources"] if e["resource"] == "desktop_recordings"] == [
+        len(fake.truth(p, "desktop_recordings")) for p in PROJECTS
+    ]
+    code, out, err = main(["status", *args]), *capsys.readouterr()
+    assert code == 0 and err == ""
+    assert_table_matches(out, doc)
+    code, out, err = main(["status", "--json", *args[:2], "--dataset", "no_such_dataset"]), *capsys.readouterr()
+    assert (code, out) == (2, "") and "no dataset 'no_such_dataset'" in err and len(err.splitlines()) == 1
