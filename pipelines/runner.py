@@ -18,6 +18,7 @@ from dlt.common.pipeline import get_dlt_pipelines_dir
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.pipeline.exceptions import PipelineStepFailed
 from filelock import FileLock, Timeout
+from rich.console import Console
 
 from sources.posthog import ENDPOINTS, PostHogClient, SyncReport, posthog_source
 from sources.posthog.arrow import SchemaViolation, dlt_columns
@@ -281,7 +282,7 @@ def exclusive(options: SyncOptions) -> Iterator[None]:
 
 def run_sync(
     options: SyncOptions, *, transport: httpx.BaseTransport | None = None, clock: Clock | None = None,
-    interruption: Interruption | None = None,
+    interruption: Interruption | None = None, console: Console | None = None,
 ) -> SyncResult:
     """Sync the selected resources of every project, one dlt load per resource.
 
@@ -289,15 +290,18 @@ def run_sync(
     A rejected key or an unknown project stops the run at once. Only one sync of a pipeline (and of a
     local output) runs at a time: a second one raises `AlreadyRunning`. With `interruption` installed as
     the SIGINT/SIGTERM handler, a signal stops the run between loads even if its exception was lost.
+    `console` (default stderr) shows the live display when it is a terminal.
     """
     destination, file_format = _destination(options)
     with exclusive(options):
-        return _run_locked(options, destination, file_format, transport, clock, interruption or Interruption())
+        return _run_locked(
+            options, destination, file_format, transport, clock, interruption or Interruption(), console
+        )
 
 
 def _run_locked(
     options: SyncOptions, destination: Any, file_format: str | None, transport: httpx.BaseTransport | None,
-    clock: Clock | None, interruption: Interruption,
+    clock: Clock | None, interruption: Interruption, console: Console | None = None,
 ) -> SyncResult:
     dlt_logger = logging.getLogger("dlt")
     if _quiet_arrow_hints not in dlt_logger.filters:
@@ -319,7 +323,7 @@ def _run_locked(
     try:
         if options.all_projects:
             options.project_ids = discover_projects(client)
-        with SyncProgress(client.stats, default_mode(options.quiet)) as progress:
+        with SyncProgress(client.stats, default_mode(options.quiet, console), console=console) as progress:
             report.on_page = progress.page
             failures = _load_resources(options, pipeline, client, report, file_format, interruption)
         interruption.raise_if_signalled()
