@@ -17,6 +17,7 @@ import duckdb
 from sources.posthog import ENDPOINTS, resolve_api_key
 from sources.posthog.client import REGION_HOSTS, PostHogError, normalize_host
 
+from .destinations import DestinationError
 from .output import echo, print_table
 from .runner import AlreadyRunning, Interrupted, Interruption, SyncOptions, UsageError, run_sync
 
@@ -254,8 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose, getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)
-    except UsageError as error:
-        echo(f"error: {error}", err=True)
+    except (UsageError, DestinationError) as error:
+        for line in str(error).splitlines():
+            echo(f"error: {line}", err=True)
+        if args.verbose and error.__cause__ is not None:  # e.g. dlt's full account of a destination error
+            echo(str(error.__cause__).strip(), err=True)
         return EXIT_USAGE
     except AlreadyRunning as error:
         echo(f"error: {error}", err=True)

@@ -27,6 +27,7 @@ from sources.posthog.endpoints import ColumnType as TColumnType
 from sources.posthog.pacing import Pacer
 from sources.posthog.sync import DELETED, child_table, parent_column
 
+from .destinations import check_destination, resolve_destination
 from .output import echo, print_table
 from .parquet import compact_table
 from .progress import SyncProgress, default_mode
@@ -179,7 +180,7 @@ def _destination(options: SyncOptions) -> tuple[Any, str | None]:
     if options.destination in ("parquet", "filesystem"):
         url = options.output if "://" in options.output else Path(options.output).resolve().as_uri()
         return dlt.destinations.filesystem(bucket_url=url), "parquet"
-    return options.destination, None
+    return resolve_destination(options.destination), None
 
 
 def _quiet_arrow_hints(record: logging.LogRecord) -> bool:
@@ -317,6 +318,7 @@ def _run_locked(
         dataset_name=options.dataset,
         pipelines_dir=options.pipelines_dir,
     )
+    check_destination(pipeline)  # before any PostHog request: a missing driver or credential in a line
     # dlt's own handlers defer a signal during normalize/load and forget it if the step ends first: ours
     # raise at once instead; an interrupted load stays pending and the next run completes it
     pipeline.config.runtime.intercept_signals = False
