@@ -13,11 +13,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import duckdb
+from dlt.pipeline.exceptions import PipelineStepFailed
 
 from sources.posthog import ENDPOINTS, resolve_api_key
 from sources.posthog.client import REGION_HOSTS, PostHogError, normalize_host
 
-from .destinations import DestinationError
+from .destinations import DestinationError, step_failure
 from .output import echo, print_table
 from .runner import AlreadyRunning, Interrupted, Interruption, SyncOptions, UsageError, run_sync
 
@@ -274,7 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into one line
         if args.verbose:
             raise
-        shown = str(error) if isinstance(error, PostHogError) else f"{type(error).__name__}: {error}"
+        if isinstance(error, PostHogError):
+            shown = str(error)
+        elif isinstance(error, PipelineStepFailed):
+            shown = step_failure(error)
+        else:
+            shown = f"{type(error).__name__}: {error}"
         echo(f"error: {shown} (rerun with --verbose for details)", err=True)
         return EXIT_FAILED
 

@@ -11,6 +11,7 @@ from dlt.common.configuration.exceptions import ConfigFieldMissingException, Loo
 from dlt.common.destination import Destination
 from dlt.common.destination.exceptions import UnknownDestinationModule
 from dlt.common.exceptions import MissingDependencyException
+from dlt.pipeline.exceptions import PipelineStepFailed
 
 # the warehouse extras of pyproject.toml's [project.optional-dependencies] (a test keeps them equal)
 EXTRAS = ("postgres", "bigquery", "snowflake", "clickhouse", "motherduck", "s3")
@@ -98,3 +99,12 @@ def _missing(error: ConfigFieldMissingException) -> str:
     toml = "; ".join(f"{', '.join(fields)} under [{table}]" for table, fields in tables.items())
     other = " (other kinds of credentials: see --verbose)" if any(more for *_, more in leaves) else ""
     return f"set {env}, or {toml} in .dlt/secrets.toml{other}"
+
+
+def step_failure(error: PipelineStepFailed) -> str:
+    """One line for a dlt step that failed outside a resource's load, e.g. on an unreachable destination."""
+    cause, name = error.exception, error.pipeline.destination.destination_name
+    if isinstance(cause, ConfigFieldMissingException):
+        return f"destination {name} is not configured: {_missing(cause)}"
+    text = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
+    return f"destination {name} failed in dlt's {error.step} step: {type(cause).__name__}: {text}"

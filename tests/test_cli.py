@@ -242,3 +242,16 @@ def test_the_extras_named_in_destination_errors_are_pyprojects() -> None:
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     assert set(EXTRAS) == set(project["optional-dependencies"]) - {"dev"}
+
+
+def test_an_unreachable_destination_is_one_line_and_asks_posthog_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, server: str, fake: FakePostHog,
+) -> None:
+    pytest.importorskip("psycopg2", reason="the postgres extra is not installed")
+    monkeypatch.setenv("POSTHOG_PERSONAL_API_KEY", fake.api_key)
+    monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", "postgresql://u:p@127.0.0.1:9/db")  # nothing listens
+    code, _, err = run_cli(capsys, "sync", "--destination", "postgres", "--project-id", "1", "--host", server,
+                           "--pipeline-name", "unreachable_dest_test")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: destination postgres failed in dlt's sync step: OperationalError: ") and "9" in err
+    assert fake.requests == []
