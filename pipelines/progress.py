@@ -66,8 +66,10 @@ class SyncProgress:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         if self._live is not None:
-            self._live.stop()
-            self._printing.close()
+            try:
+                self._live.stop()
+            finally:
+                self._printing.close()
 
     def _waits(self) -> str:
         return f"{self.stats.throttled} 429s, waited {self.stats.waited_s + self.stats.paced_s:.0f} s"
