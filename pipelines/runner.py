@@ -318,11 +318,11 @@ def _run_locked(
         dataset_name=options.dataset,
         pipelines_dir=options.pipelines_dir,
     )
-    check_destination(pipeline)  # before any PostHog request: a missing driver or credential in a line
     # dlt's own handlers defer a signal during normalize/load and forget it if the step ends first: ours
     # raise at once instead; an interrupted load stays pending and the next run completes it
     pipeline.config.runtime.intercept_signals = False
     try:
+        check_destination(pipeline)  # before any PostHog request: a missing driver or credential in a line
         if options.all_projects:
             options.project_ids = discover_projects(client)
         with SyncProgress(client.stats, default_mode(options.quiet, console), console=console) as progress:
