@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
+from dlt.pipeline.exceptions import PipelineStepFailed
 
 from sources.posthog import ENDPOINTS, SettingsError
 from sources.posthog.client import REGION_HOSTS, PostHogError
 
+from .destinations import DestinationError, step_failure
 from .output import echo, print_table
 from .runner import AlreadyRunning, Interrupted, Interruption, SyncOptions, UsageError, run_sync
 
@@ -212,8 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose, getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)
-    except UsageError as error:
-        echo(f"error: {error}", err=True)
+    except (UsageError, DestinationError) as error:
+        for line in str(error).splitlines():
+            echo(f"error: {line}", err=True)
+        if args.verbose and error.__cause__ is not None:  # e.g. dlt's full account of a destination error
+            echo(str(error.__cause__).strip(), err=True)
         return EXIT_USAGE
     except SettingsError as error:
         flag = FLAGS.get(error.field)
@@ -232,7 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into one line
         if args.verbose:
             raise
-        shown = str(error) if isinstance(error, PostHogError) else f"{type(error).__name__}: {error}"
+        if isinstance(error, PostHogError):
+            shown = str(error)
+        elif isinstance(error, PipelineStepFailed):
+            shown = step_failure(error)
+        else:
+            shown = f"{type(error).__name__}: {error}"
         echo(f"error: {shown} (rerun with --verbose for details)", err=True)
         return EXIT_FAILED
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextlib import ExitStack
 from types import TracebackType
 from typing import Literal
 
@@ -14,15 +15,17 @@ from rich.progress import Progress, TaskID, TextColumn, TimeElapsedColumn
 from sources.posthog.client import ClientStats
 from sources.posthog.report import ResourceRun
 
+from .output import is_terminal, printing_through
+
 logger = logging.getLogger("posthog_export")
 Mode = Literal["live", "log", "off"]
 
 
-def default_mode(quiet: bool) -> Mode:
-    """`off` when quiet, `live` on a terminal, else `log` (cron, CI, pipes)."""
+def default_mode(quiet: bool, console: Console | None = None) -> Mode:
+    """`off` when quiet, `live` on a terminal (`console`'s, else stderr), else `log` (cron, CI, pipes)."""
     if quiet:
         return "off"
-    return "live" if sys.stderr.isatty() else "log"
+    return "live" if (console.is_terminal if console is not None else sys.stderr.isatty()) else "log"
 
 
 class SyncProgress:
@@ -30,15 +33,18 @@ class SyncProgress:
 
     Args:
         stats: the client's counters (429s and waits are per key, shown with every line).
-        mode: `live` (rich display on stderr), `log` (a line per resource at most every
-            `interval_s`), or `off`.
+        mode: `live` (rich display on `console`, default stderr; log lines and `echo` print above it
+            while it runs), `log` (a line per resource at most every `interval_s`), or `off`.
     """
 
-    def __init__(self, stats: ClientStats, mode: Mode, interval_s: float = 10.0) -> None:
+    def __init__(
+        self, stats: ClientStats, mode: Mode, interval_s: float = 10.0, console: Console | None = None
+    ) -> None:
         self.stats, self.mode, self.interval_s = stats, mode, interval_s
         self._tasks: dict[tuple[int, str], TaskID] = {}
         self._logged: dict[tuple[int, str], float] = {}
         self._live: Progress | None = None
+        self._printing = ExitStack()
         if mode == "live":
             self._live = Progress(
                 TextColumn("{task.description}"),
@@ -46,11 +52,13 @@ class SyncProgress:
                 TextColumn("{task.completed:>10,.0f} rows"),
                 TextColumn("{task.fields[waits]}"),
                 TimeElapsedColumn(),
-                console=Console(stderr=True),
+                console=console or Console(stderr=True),
+                redirect_stdout=is_terminal(sys.stdout),  # stdout into a pipe or file does not tear it
             )
 
     def __enter__(self) -> SyncProgress:
         if self._live is not None:
+            self._printing.enter_context(printing_through(self._live.console))
             self._live.start()
         return self
 
@@ -58,7 +66,10 @@ class SyncProgress:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         if self._live is not None:
-            self._live.stop()
+            try:
+                self._live.stop()
+            finally:
+                self._printing.close()
 
     def _waits(self) -> str:
         return f"{self.stats.throttled} 429s, waited {self.stats.waited_s + self.stats.paced_s:.0f} s"

@@ -18,6 +18,7 @@ from dlt.common.pipeline import get_dlt_pipelines_dir
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.pipeline.exceptions import PipelineStepFailed
 from filelock import FileLock, Timeout
+from rich.console import Console
 
 from sources.posthog import (
     ENDPOINTS,
@@ -34,6 +35,7 @@ from sources.posthog.report import REPORT_COLUMNS, REPORT_TABLE
 from sources.posthog.settings import Clock
 from sources.posthog.sync import DELETED, child_table, parent_column
 
+from .destinations import check_destination, resolve_destination
 from .output import echo, print_table
 from .parquet import compact_table
 from .progress import SyncProgress, default_mode
@@ -210,7 +212,7 @@ def destination_for(kind: str, output: str, dataset: str, *, read_only: bool = F
     if kind in ("parquet", "filesystem"):
         url = output if "://" in output else Path(output).resolve().as_uri()
         return dlt.destinations.filesystem(bucket_url=url), "parquet"
-    return kind, None
+    return resolve_destination(kind), None
 
 
 def _quiet_arrow_hints(record: logging.LogRecord) -> bool:
@@ -292,13 +294,14 @@ def exclusive(options: SyncOptions) -> Iterator[None]:
 
 def run_sync(
     options: SyncOptions, *, transport: httpx.BaseTransport | None = None, clock: Clock | None = None,
-    interruption: Interruption | None = None,
+    interruption: Interruption | None = None, console: Console | None = None,
 ) -> SyncResult:
     """The CLI's sync: settings, locks, progress display and summary around `run(pipeline, source)`.
 
     Only one sync of a pipeline (and of a local output) runs at a time: a second one raises
     `AlreadyRunning`. With `interruption` installed as the SIGINT/SIGTERM handler, a signal stops the run
     between loads even if its exception was lost.
+    `console` (default stderr) shows the live display when it is a terminal.
     """
     settings = options.settings()
     destination, file_format = _destination(options)
@@ -312,7 +315,7 @@ def run_sync(
             dataset_name=options.dataset,
             pipelines_dir=options.pipelines_dir,
         )
-        with SyncProgress(client.stats, default_mode(options.quiet)) as progress:
+        with SyncProgress(client.stats, default_mode(options.quiet, console), console=console) as progress:
             session.report.on_page = progress.page
             result = run(pipeline, source, full_refresh=options.full_refresh, loader_file_format=file_format,
                          interruption=interruption or Interruption())
@@ -346,6 +349,7 @@ def run(
     selected = list(source.selected_resources)
     failures: dict[str, str] = {}
     try:
+        check_destination(pipeline)  # before any PostHog request: a missing driver or credential in a line
         session.project_ids()  # `all`: ask PostHog once, before any load
         if full_refresh and kind not in ("duckdb", "filesystem"):
             try:  # Postgres refuses to drop tables that views depend on; the run recreates them

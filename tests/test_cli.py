@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import duckdb
@@ -175,3 +176,82 @@ def test_project_ids_from_an_environment_variable(
     assert code == 0, err
     with duckdb.connect(str(output)) as con:
         assert con.execute("SELECT DISTINCT project_id FROM posthog.subscriptions").fetchall() == [(2,)]
+
+
+# a destination's driver, blocked so the test sees it missing whatever this environment has installed
+DRIVERS = {name: f"dlt.destinations.impl.{name}.{name}" for name in ("bigquery", "snowflake", "clickhouse", "mssql")}
+
+
+@pytest.mark.parametrize(
+    ("destination", "settings", "words"),
+    [
+        ("bigquery", {}, ['pip install "posthog-export[bigquery]"', "DESTINATION__BIGQUERY__CREDENTIALS__PROJECT_ID",
+                          "DESTINATION__BIGQUERY__CREDENTIALS__PRIVATE_KEY", "[destination.bigquery.credentials]"]),
+        ("snowflake", {}, ['pip install "posthog-export[snowflake]"', "DESTINATION__SNOWFLAKE__CREDENTIALS__HOST",
+                           "DESTINATION__SNOWFLAKE__CREDENTIALS__DATABASE"]),
+        ("clickhouse", {"DESTINATION__CLICKHOUSE__CREDENTIALS__HOST": "localhost"},
+         ['pip install "posthog-export[clickhouse]"']),
+        ("mssql", {"DESTINATION__MSSQL__CREDENTIALS": "mssql://u:p@localhost/db"}, ['pip install "dlt[mssql]"']),
+        ("postgres", {"DESTINATION__POSTGRES__CREDENTIALS__HOST": "localhost"},
+         ["DESTINATION__POSTGRES__CREDENTIALS__DATABASE", "DESTINATION__POSTGRES__CREDENTIALS__PASSWORD",
+          "DESTINATION__POSTGRES__CREDENTIALS__USERNAME", "database, password, username under "
+          "[destination.postgres.credentials] in .dlt/secrets.toml"]),
+        ("motherduck", {}, ["DESTINATION__MOTHERDUCK__CREDENTIALS__PASSWORD", ".dlt/secrets.toml"]),
+        ("bigqeury", {}, ["unknown destination 'bigqeury' (did you mean bigquery?)"]),
+    ],
+)
+def test_a_destination_missing_its_driver_or_credentials_fails_in_a_line_or_two_before_any_request(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, server: str, fake: FakePostHog,
+    destination: str, settings: dict[str, str], words: list[str],
+) -> None:
+    monkeypatch.setenv("POSTHOG_PERSONAL_API_KEY", fake.api_key)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    if destination in DRIVERS:
+        monkeypatch.setitem(sys.modules, DRIVERS[destination], None)
+    code, out, err = run_cli(capsys, "sync", "--destination", destination, "--project-id", "1", "--host", server,
+                             "--pipeline-name", f"dest_{destination}_test")
+    lines = err.strip().splitlines()
+    assert code == 2 and 1 <= len(lines) <= 2 and all(line.startswith("error: ") for line in lines), err
+    for word in words:
+        assert word in err
+    assert ("pip install" in err) == any("pip install" in w for w in words)
+    assert "Traceback" not in err and "tried in order" not in err
+    assert fake.requests == []  # it failed before asking PostHog anything
+    code, _, verbose = run_cli(capsys, "sync", "--destination", destination, "--project-id", "1", "--host", server,
+                               "--pipeline-name", f"dest_{destination}_test", "--verbose")
+    assert code == 2 and err.strip() in verbose and len(verbose) > len(err) + 40  # then dlt's own account
+    assert fake.requests == []
+
+
+def test_verbose_keeps_dlts_full_account_of_missing_credentials(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, server: str, fake: FakePostHog,
+) -> None:
+    monkeypatch.setenv("POSTHOG_PERSONAL_API_KEY", fake.api_key)
+    code, _, err = run_cli(capsys, "sync", "--destination", "postgres", "--project-id", "1", "--host", server,
+                           "--pipeline-name", "verbose_dest_test", "--verbose")
+    assert code == 2
+    assert "Missing 1 field(s) in configuration `PostgresClientConfiguration`" in err
+    assert "(Environment Variables, DESTINATION__POSTGRES__CREDENTIALS__PASSWORD)" in err
+
+
+def test_the_extras_named_in_destination_errors_are_pyprojects() -> None:
+    import tomllib
+
+    from pipelines.destinations import EXTRAS
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert set(EXTRAS) == set(project["optional-dependencies"]) - {"dev"}
+
+
+def test_an_unreachable_destination_is_one_line_and_asks_posthog_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, server: str, fake: FakePostHog,
+) -> None:
+    pytest.importorskip("psycopg2", reason="the postgres extra is not installed")
+    monkeypatch.setenv("POSTHOG_PERSONAL_API_KEY", fake.api_key)
+    monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", "postgresql://u:p@127.0.0.1:9/db")  # nothing listens
+    code, _, err = run_cli(capsys, "sync", "--destination", "postgres", "--project-id", "1", "--host", server,
+                           "--pipeline-name", "unreachable_dest_test")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: destination postgres failed in dlt's sync step: OperationalError: ") and "9" in err
+    assert fake.requests == []
