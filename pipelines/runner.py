@@ -356,7 +356,7 @@ def run(
                 drop_views(pipeline)
             except Exception as error:  # noqa: BLE001 - the loads below report destination problems
                 logger.warning("views not dropped before the full refresh: %s", error)
-        session.read_ahead({} if full_refresh else committed_states(pipeline))
+        session.read_ahead({} if full_refresh else committed_states(pipeline), selected)
         for resource in selected:
             interruption.raise_if_signalled()
             one = source.with_resources(resource)  # a clone that extracts this resource only

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -84,11 +84,11 @@ class Session:
         logger.info("found %d projects: %s", len(ids), ", ".join(map(str, ids)))
         return ids
 
-    def read_ahead(self, states: Mapping[str, Mapping[str, Any]]) -> None:
-        """Start every resource's readers now, from `states` (`{resource: {project_id: state}}`, the
+    def read_ahead(self, states: Mapping[str, Mapping[str, Any]], resources: Iterable[str]) -> None:
+        """Start the readers of `resources` now, from `states` (`{resource: {project_id: state}}`, the
         pipeline's last committed ones), so each reads while dlt loads the ones before it."""
-        ids = self.project_ids()
-        for endpoint in self.endpoints:
+        ids, names = self.project_ids(), set(resources)
+        for endpoint in (e for e in self.endpoints if e.name in names):
             start_feeds(endpoint, self.contexts[endpoint.name], ids, states.get(endpoint.name, {}))
 
     def close(self) -> None:
