@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sources.posthog.fake import FakePostHog
+from fake_posthog import FakePostHog
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 KEY = {"Authorization": "Bearer phx_fake_personal_key"}

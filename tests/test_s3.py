@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from fake_posthog import FakePostHog
 from pipelines.runner import SyncOptions
 from sources.posthog import ENDPOINTS
-from sources.posthog.fake import FakePostHog
 
 from .conftest import sync
 from .test_sync import COMPARED, _norm, truth_rows

@@ -1374,7 +1374,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: serve a fake until killed, printing ``READY <url>`` once listening."""
-    ap = argparse.ArgumentParser(prog="python -m sources.posthog.fake", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m fake_posthog", description=__doc__)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--projects", default="1,2", help="comma-separated project ids")
     for flag, default in (("recordings", 120), ("desktop-recordings", 12), ("segments", 8), ("summaries", 25),
@@ -1401,6 +1401,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
 
-
-if __name__ == "__main__":
-    main()
