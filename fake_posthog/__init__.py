@@ -1,4 +1,4 @@
-"""Stateful, deterministic fake of the PostHog API endpoints the exporter reads (stdlib + orjson only).
+"""Stateful, deterministic fake of the PostHog API endpoints the exporter reads (stdlib, orjson and httpx).
 
 Behaviour follows the real server (see the project's PostHog API notes): DRF paging, the recordings
 list's own paging with partial rows at a window edge, virtual property definitions, soft-deleted

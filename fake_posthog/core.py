@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import httpx
 import orjson
 
 from . import server
@@ -41,7 +42,7 @@ class FakePostHog(Recordings, Lists, Faults):
     `session_ids` skipping the date window). ``keyset=False`` is an older server: offset paging only,
     no tiebreaker (equal start times, see ``tie_group``, come in a different order per query), and
     `session_ids` re-reads cut by the date window (default ``-3d``). See ``too_big`` and
-    ``delete_recording`` for ClickHouse limits and deletions.
+    ``delete_recording`` for ClickHouse limits and deletions. ``transport()`` answers in process.
     """
 
     def __init__(self, *, project_ids: Sequence[int] = (1, 2), recordings: int = 120,
@@ -231,3 +232,7 @@ class FakePostHog(Recordings, Lists, Faults):
     def serve(self, port: int = 0) -> contextlib.AbstractContextManager[str]:
         """Serve on 127.0.0.1 (port 0 = any free one) in a daemon thread; yields the base URL."""
         return server.serve(self, port)
+
+    def transport(self) -> httpx.MockTransport:
+        """An in-process `httpx` transport answering as `serve()` does (same log, faults, throttles, headers)."""
+        return server.transport(self)

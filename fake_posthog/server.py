@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 if TYPE_CHECKING:
     from .core import FakePostHog
 
@@ -26,6 +28,19 @@ def serve(fake: FakePostHog, port: int = 0) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def transport(fake: FakePostHog) -> httpx.MockTransport:
+    """An `httpx.MockTransport` answering through `fake` exactly as `serve` does, without a socket."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        host = request.headers.get("Host") or request.url.netloc.decode()
+        status, body, ctype, headers = fake._respond(request.method, request.url.raw_path.decode(),
+                                                     request.headers.get("Authorization"), host)
+        # bytes get a Content-Length, a streamed page (an iterator) is sent chunked: as over HTTP
+        return httpx.Response(status, headers={"Content-Type": ctype, **headers}, content=body)
+
+    return httpx.MockTransport(answer)
 
 
 class _Handler(BaseHTTPRequestHandler):
