@@ -4,7 +4,7 @@
         [--resource session_recordings|desktop_recordings] [--destination duckdb|parquet]
         [--peer/--no-peer] [--segments 100] [--page-size N]
 
-Starts the fake PostHog (`python -m sources.posthog.fake`) in a subprocess, then runs each sync in a
+Starts the fake PostHog (`python -m fake_posthog`) in a subprocess, then runs each sync in a
 subprocess of its own, into a fresh temporary output and dlt pipelines folder, and prints rows/s, peak
 RSS (from `wait4`), list requests (from the fake's `/_fake/requests`), wall time and the process's CPU
 time (user + sys, including start-up; steadier than wall time on a busy machine), plus the ratios.
@@ -58,7 +58,7 @@ def start_fake(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     """Start the fake PostHog with the benchmark's data and return the process and its URL."""
     desktop = args.resource == "desktop_recordings"
     command = [
-        sys.executable, "-m", "sources.posthog.fake", "--port", "0", "--projects", str(PROJECT),
+        sys.executable, "-m", "fake_posthog", "--port", "0", "--projects", str(PROJECT),
         "--recordings", str(10 if desktop else args.rows), "--desktop-recordings", str(args.rows if desktop else 10),
         "--segments", str(args.segments), "--recording-step-s", "30", "--retention-days", "3650",
         "--latency-ms", str(args.latency_ms), "--api-key", API_KEY,

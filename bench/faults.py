@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fake_posthog import FakePostHog  # noqa: E402
 from pipelines.output import print_table  # noqa: E402
 from pipelines.runner import SyncOptions, SyncResult, run_sync  # noqa: E402
 from sources.posthog import ENDPOINTS  # noqa: E402
-from sources.posthog.fake import FakePostHog  # noqa: E402
 from sources.posthog.pacing import Pacer  # noqa: E402
 from tests.test_sync import landed_rows, truth_rows  # noqa: E402
 

@@ -12,9 +12,9 @@ from datetime import timedelta
 
 import httpx
 
+from fake_posthog import FakePostHog, FakeRequest
 from sources.posthog.client import PostHogClient
 from sources.posthog.endpoints import PROPERTY_DEFINITIONS, SUBSCRIPTIONS, Endpoint
-from sources.posthog.fake import FakePostHog, FakeRequest
 from sources.posthog.report import SyncReport
 from sources.posthog.sync import Context, _full_listing, list_path
 

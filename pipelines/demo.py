@@ -7,8 +7,8 @@ from pathlib import Path
 
 import duckdb
 
+from fake_posthog import FakePostHog
 from sources.posthog import ENDPOINTS
-from sources.posthog.fake import FakePostHog
 
 from .output import echo, print_table
 from .runner import SyncOptions, run_sync

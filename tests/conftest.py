@@ -14,9 +14,9 @@ from dlt.common.configuration.container import Container
 from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
 from hypothesis import settings
 
+from fake_posthog import FakePostHog
 from pipelines.runner import SyncOptions, SyncResult, run_sync
 from sources.posthog import ENDPOINTS
-from sources.posthog.fake import FakePostHog
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 PROJECTS = [1, 2]

@@ -17,11 +17,11 @@ import dlt
 import duckdb
 import pytest
 
+from fake_posthog import FakePostHog
 from pipelines.runner import SyncOptions
 from sources.posthog import schema_contract
 from sources.posthog.arrow import Drift, dlt_columns, to_arrow
 from sources.posthog.endpoints import RECORDINGS
-from sources.posthog.fake import FakePostHog
 
 from .conftest import NOW, PROJECTS, sync
 

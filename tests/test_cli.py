@@ -9,8 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from fake_posthog import FakePostHog
 from pipelines.cli import main
-from sources.posthog.fake import FakePostHog
 from tests.conftest import reload_dlt_config
 
 

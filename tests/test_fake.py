@@ -1,4 +1,4 @@
-"""Fast tests of the fake PostHog server itself (paging, window edges, errors, clock)."""
+"""Fast tests of the fake PostHog itself (paging, window edges, errors, clock, its in-process transport)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sources.posthog.fake import FakePostHog
+from fake_posthog import FakePostHog
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 KEY = {"Authorization": "Bearer phx_fake_personal_key"}
@@ -332,3 +332,67 @@ def test_too_big_queries_answer_like_clickhouse(fake: FakePostHog, api: httpx.Cl
     assert api.get(url, params={"date_from": "-2d", "date_to": "-1d", "limit": 5}).status_code == 200
     ids = json.dumps([r["id"] for r in fake.truth(1, "session_recordings")[:5]])
     assert api.get(url, params={"session_ids": ids, "limit": 5}).status_code == 200  # by id: no window cost
+
+
+# -- the in-process transport answers as the HTTP server does -------------------------------------
+
+def _scenario(fake: FakePostHog, api: httpx.Client) -> list[httpx.Response]:
+    """Lists, paging (DRF `next`, keyset cursor, a streamed page), errors, faults and 429s, in one order."""
+    out = [api.get("/api/projects/"), api.get("/api/projects/@current/"), api.get("/api/projects/1/groups_types/")]
+    out.append(api.get("/api/projects/1/subscriptions/", params={"limit": 3}))
+    out.append(api.get(out[-1].json()["next"]))
+    out.append(api.get("/api/projects/1/property_definitions/", params={"type": "person", "limit": 4, "offset": 4}))
+    out.append(api.get("/api/projects/2/session_group_summaries/", params={"limit": 5, "date_from": "-30d"}))
+    out.append(api.get("/api/environments/1/desktop_recordings/", params={"limit": 4, "offset": 2}))
+    first = api.get("/api/projects/1/session_recordings/", params={"limit": 20, "date_from": "-2d"})
+    out += [first, api.get("/api/projects/1/session_recordings/",
+                           params={"limit": 20, "date_from": "-2d", "after": first.json()["next_cursor"]})]
+    out.append(api.get("/api/projects/1/session_recordings/", params={"limit": 4500, "order_direction": "ASC"}))
+    recording = first.json()["results"][0]["id"]
+    out += [api.get(f"/api/projects/1/session_recordings/{recording}/"),
+            api.get("/api/projects/1/session_recordings/0189a1b2-0001-7000-8000-000000000000/"),
+            api.get("/api/projects/1/session_recordings/", params={"limit": "x"}),
+            api.get("/api/projects/1/session_group_summaries/", params={"date_from": "soon"}),
+            api.get("/api/projects/99/subscriptions/"), api.get("/nothing"),
+            api.get("/api/projects/1/subscriptions/", headers={"Authorization": ""}),
+            api.get("/api/projects/1/subscriptions/", headers={"Authorization": "Bearer phx_wrong"}),
+            api.post("/api/projects/1/subscriptions/", json={"title": "x"})]
+    fake.disable(2, "subscriptions", 402)
+    fake.inject("desktop_recordings", 503)
+    fake.inject("summaries", 502)
+    fake.too_big(100)
+    out += [api.get("/api/projects/2/subscriptions/"), api.get("/api/projects/1/desktop_recordings/"),
+            api.get("/api/projects/1/session_group_summaries/"),
+            api.get("/api/projects/1/session_recordings/", params={"limit": 500})]
+    fake.chaos(0.5, seed=3)
+    out += [api.get("/api/projects/1/property_definitions/", params={"offset": k}) for k in range(8)]
+    fake.chaos(0)
+    fake.throttle({"recordings_list": [(2, 60.0)], "general": [(3, 60.0)]}, clock=lambda: 100.0,
+                  recordings_429="plan")
+    out += [api.get("/api/projects/1/session_recordings/", params={"limit": 5}) for _ in range(3)]
+    out += [api.get("/api/projects/1/subscriptions/") for _ in range(4)]
+    return out
+
+
+def _answer(response: httpx.Response) -> tuple[int, list[tuple[str, str]], bytes]:
+    # the HTTP server alone adds `Date` and `Server`
+    headers = [(k.lower(), v) for k, v in response.headers.multi_items() if k.lower() not in ("date", "server")]
+    return response.status_code, headers, response.content
+
+
+def test_the_transport_answers_and_records_exactly_as_the_http_server() -> None:
+    def make() -> FakePostHog:
+        return FakePostHog(now=NOW, seed=5, recordings=6000, recording_step_s=30, keyset=True)
+
+    served, in_process = make(), make()
+    with served.serve() as url, httpx.Client(base_url=url, headers=KEY) as api:
+        over_http = [_answer(r) for r in _scenario(served, api)]
+    with httpx.Client(base_url=url, headers=KEY, transport=in_process.transport()) as api:
+        without_socket = [_answer(r) for r in _scenario(in_process, api)]
+
+    assert without_socket == over_http
+    assert in_process.requests == served.requests
+    statuses = {status for status, _, _ in over_http}
+    assert {200, 400, 401, 402, 404, 405, 429, 502, 503} <= statuses  # the scenario reached every kind
+    assert ("transfer-encoding", "chunked") in over_http[10][1]  # the big page was streamed
+    assert any(("retry-after", "60") in headers for _, headers, _ in over_http)  # the plan-worded 429

@@ -8,10 +8,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from fake_posthog import FakePostHog
 from pipelines.cli import main
 from pipelines.runner import SyncOptions, run_sync
 from sources.posthog import ENDPOINTS
-from sources.posthog.fake import FakePostHog
 
 from .conftest import PROJECTS, query, sync
 

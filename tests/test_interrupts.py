@@ -13,10 +13,10 @@ import duckdb
 import pytest
 from filelock import FileLock
 
+from fake_posthog import FakePostHog
 from pipelines.cli import main
 from pipelines.runner import Interrupted, Interruption, SyncOptions, sync_locks
 from sources.posthog import ENDPOINTS
-from sources.posthog.fake import FakePostHog
 
 from .test_sync import assert_no_duplicates, landed_rows, truth_rows
 

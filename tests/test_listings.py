@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from fake_posthog import FakePostHog, FakeRequest
 from pipelines.runner import SyncOptions, _destination, run_sync
 from sources.posthog.client import PostHogClient
 from sources.posthog.endpoints import PROPERTY_DEFINITIONS, SUBSCRIPTIONS, Endpoint
-from sources.posthog.fake import FakePostHog, FakeRequest
 from sources.posthog.report import ResourceRun, SyncReport
 from sources.posthog.sync import Context, Listing, _full_listing, list_path
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
+from fake_posthog import FakePostHog
 from pipelines.cli import main
 from sources.posthog import ENDPOINTS
-from sources.posthog.fake import FakePostHog
 
 from .conftest import PROJECTS
 from .test_views import VIEW_NAMES, assert_views_match, expected_views, landed_views

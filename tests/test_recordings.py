@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fake_posthog import FakePostHog, FakeRequest
 from pipelines.runner import SyncOptions
 from sources.posthog import sync as sync_module
 from sources.posthog.client import PostHogClient, QueryTooBig
 from sources.posthog.endpoints import RECORDINGS
-from sources.posthog.fake import FakePostHog, FakeRequest
 from sources.posthog.report import SyncReport
 from sources.posthog.sync import Context, parse_time, read_date_from
 

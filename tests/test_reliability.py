@@ -13,10 +13,10 @@ import httpx
 import orjson
 import pytest
 
+from fake_posthog import FakePostHog, FakeRequest
 from pipelines.cli import main
 from pipelines.runner import SyncOptions, run_sync
 from sources.posthog.client import BudgetExhausted, NotPostHog, PostHogClient
-from sources.posthog.fake import FakePostHog, FakeRequest
 from sources.posthog.pacing import Pacer
 
 from .conftest import query, requests_to, sync

@@ -10,9 +10,9 @@ import duckdb
 import pytest
 from packaging.version import Version
 
+from fake_posthog import FakePostHog
 from pipelines.runner import SyncOptions
 from sources.posthog import ENDPOINTS
-from sources.posthog.fake import FakePostHog
 
 from .conftest import PROJECTS, sync
 from .test_sync import COMPARED, _norm, truth_rows

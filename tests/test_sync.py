@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from fake_posthog import FakePostHog
 from pipelines.runner import SyncOptions, run_sync
 from sources.posthog import ENDPOINTS
-from sources.posthog.fake import FakePostHog
 from sources.posthog.sync import parse_time
 
 from .conftest import NOW, PROJECTS, SERVERS, both_servers, query, requests_to, sync

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fake_posthog import FakePostHog, FakeRequest
 from pipelines.runner import SyncOptions, SyncResult, print_rate_buckets, run_sync
 from sources.posthog import ENDPOINTS
 from sources.posthog.client import BudgetExhausted, PostHogClient
-from sources.posthog.fake import FakePostHog, FakeRequest
 from sources.posthog.pacing import Pacer
 
 from .conftest import NOW, PROJECTS

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from fake_posthog import FakePostHog
 from pipelines import views
 from pipelines.runner import SyncOptions
 from pipelines.views import VIEWS, View, create_views
-from sources.posthog.fake import FakePostHog
 from sources.posthog.sync import parse_time
 
 from .conftest import PROJECTS, query, sync
