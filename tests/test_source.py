@@ -11,9 +11,9 @@ import duckdb
 import pytest
 
 import pipelines
+from fake_posthog import FakePostHog
 from pipelines.cli import build_parser, sync_options
 from sources.posthog import posthog_source, session_of
-from sources.posthog.fake import FakePostHog
 from sources.posthog.settings import SettingsError
 from tests.test_sync import assert_no_duplicates, landed_rows, truth_rows
 

@@ -18,10 +18,10 @@ import duckdb
 import pytest
 from dlt.common.versioned_state import decompress_state
 
+from fake_posthog import FakePostHog
 from pipelines.cli import main
 from pipelines.runner import SyncOptions, run_sync
 from sources.posthog import ENDPOINTS
-from sources.posthog.fake import FakePostHog
 
 from .conftest import PROJECTS
 from .test_inspect import table_lines

@@ -10,11 +10,11 @@ from io import StringIO
 import pytest
 from rich.console import Console
 
+from fake_posthog import FakePostHog
 from pipelines.output import echo
 from pipelines.progress import SyncProgress
 from pipelines.runner import SyncOptions, run_sync
 from sources.posthog.client import ClientStats
-from sources.posthog.fake import FakePostHog
 from sources.posthog.report import ResourceRun
 
 CSI = re.compile(r"\x1b\[([?0-9;]*)([A-Za-z])|\r|\n|\x1b|[^\x1b\r\n]+")
