@@ -1,14 +1,16 @@
-"""The Dagster recipe (docs/examples/dagster_assets.py) run for real against the fake PostHog into DuckDB.
+"""The orchestrator recipes in docs/examples run for real against the fake PostHog into DuckDB.
 
-Needs the `dagster` extra; skips without it, unless POSTHOG_EXPORT_REQUIRE_DAGSTER=1 (as in CI), where the
-import error fails the file.
+Dagster needs the `dagster` extra: its tests skip without it, unless POSTHOG_EXPORT_REQUIRE_DAGSTER=1 (as in
+CI), where the import error fails the file. The Airflow test runs only where `apache-airflow` is installed
+(not in CI: see docs/recipes.md), in a child process with its own AIRFLOW_HOME.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
+import shutil
+import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -26,11 +28,20 @@ from sources.posthog.sync import parse_time
 from .conftest import PROJECTS, requests_to
 from .test_sync import assert_matches_truth
 
-dg = importlib.import_module("dagster") if os.environ.get("POSTHOG_EXPORT_REQUIRE_DAGSTER") == "1" else \
-    pytest.importorskip("dagster")
+try:
+    import dagster as dg
+except ImportError:
+    if os.environ.get("POSTHOG_EXPORT_REQUIRE_DAGSTER") == "1":
+        raise
+    dg = None
+needs_dagster = pytest.mark.skipif(dg is None, reason="dagster is not installed (the dagster extra)")
 
-RECIPE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "dagster_assets.py"
-KEYS = [dg.AssetKey(["posthog", name]) for name in ENDPOINTS]
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+RECIPE = EXAMPLES / "dagster_assets.py"
+
+
+def asset_keys(*names: str) -> set[Any]:
+    return {dg.AssetKey(["posthog", name]) for name in names or ENDPOINTS}
 
 
 def load_recipe() -> ModuleType:
@@ -54,14 +65,11 @@ def recipe(fake: FakePostHog, server: str) -> Any:
     sys.modules.pop("posthog_dagster_recipe", None)
 
 
-@pytest.fixture
-def db(tmp_path: Path, fake: FakePostHog, server: str, recipe: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """dlt's config, as a deployment sets it (after the recipe loaded without it): the fake, small pages, a
-    DuckDB file under tmp_path."""
-    output = tmp_path / "out.duckdb"
-    env = {
+def dlt_env(tmp_path: Path, fake: FakePostHog, server: str) -> dict[str, str]:
+    """dlt's config, as a deployment sets it: the fake, small pages, a DuckDB file under tmp_path."""
+    return {
         "DESTINATION_TYPE": "duckdb",
-        "DESTINATION__DUCKDB__CREDENTIALS": str(output),
+        "DESTINATION__DUCKDB__CREDENTIALS": str(tmp_path / "out.duckdb"),
         "DLT_DATA_DIR": str(tmp_path / "dlt"),
         "POSTHOG_PERSONAL_API_KEY": fake.api_key,
         "SOURCES__POSTHOG__HOST": server,
@@ -71,9 +79,14 @@ def db(tmp_path: Path, fake: FakePostHog, server: str, recipe: Any, monkeypatch:
         "SOURCES__POSTHOG__PAGE_SIZES": '{"session_recordings": 40, "desktop_recordings": 4, "subscriptions": 4, '
                                         '"property_definitions": 10, "session_group_summaries": 10}',
     }
-    for name, value in env.items():
+
+
+@pytest.fixture
+def db(tmp_path: Path, fake: FakePostHog, server: str, recipe: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The DuckDB file the recipe loads into, with dlt's config set after the recipe loaded without it."""
+    for name, value in dlt_env(tmp_path, fake, server).items():
         monkeypatch.setenv(name, value)
-    return output
+    return tmp_path / "out.duckdb"
 
 
 def materialize(recipe: Any, **kwargs: Any) -> Any:
@@ -94,6 +107,7 @@ def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
         return con.execute(sql).fetchall()
 
 
+@needs_dagster
 def test_dagster_assets_land_the_truth_and_the_second_run_is_incremental(
     fake: FakePostHog, recipe: Any, db: Path
 ) -> None:
@@ -102,7 +116,7 @@ def test_dagster_assets_land_the_truth_and_the_second_run_is_incremental(
     assert first.success
     assert_matches_truth(fake, SyncOptions(output=str(db)))
     meta = materialized(first)
-    assert set(meta) == set(KEYS)
+    assert set(meta) == asset_keys()
     recordings = meta[dg.AssetKey(["posthog", "session_recordings"])]
     landed = query(db, "SELECT count(*) FROM posthog.session_recordings")[0][0]
     assert recordings["rows_loaded"] == landed == sum(len(fake.truth(p, "session_recordings")) for p in PROJECTS)
@@ -119,7 +133,7 @@ def test_dagster_assets_land_the_truth_and_the_second_run_is_incremental(
 
     assert second.success
     assert_matches_truth(fake, SyncOptions(output=str(db)))
-    assert set(materialized(second)) == set(KEYS)
+    assert set(materialized(second)) == asset_keys()
     sent = [r for r in requests_to(fake, "session_recordings") if r.path.startswith("/api/projects/1/")
             and "date_from" in r.params and "session_ids" not in r.params]
     assert sent and parse_time(sent[0].params["date_from"]) == cursor - timedelta(days=1)  # the lookback
@@ -128,7 +142,8 @@ def test_dagster_assets_land_the_truth_and_the_second_run_is_incremental(
     assert [count for _, count in runs] == [len(ENDPOINTS) * len(PROJECTS)] * 2
 
 
-def test_a_failing_table_fails_the_run_and_the_others_still_land(
+@needs_dagster
+def test_a_failing_dagster_table_fails_the_run_and_the_others_still_land(
     fake: FakePostHog, recipe: Any, db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SOURCES__POSTHOG__MAX_ATTEMPTS", "1")
@@ -139,9 +154,43 @@ def test_a_failing_table_fails_the_run_and_the_others_still_land(
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "subscriptions" in failure.event_specific_data.error.message
-    assert set(materialized(result)) == set(KEYS) - {dg.AssetKey(["posthog", "subscriptions"])}
+    assert set(materialized(result)) == asset_keys() - asset_keys("subscriptions")
     assert query(db, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'subscriptions'") == [(0,)]
     assert query(db, "SELECT count(*) FROM posthog.session_recordings")[0][0] == \
         sum(len(fake.truth(p, "session_recordings")) for p in PROJECTS)
     failed = query(db, "SELECT DISTINCT status FROM posthog._sync_report WHERE resource = 'subscriptions'")
     assert failed == [("failed",)]
+
+
+AIRFLOW_RUN = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("airflow_dag", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+if sys.argv[2] == "test":
+    run = module.posthog_export_dag.test()
+    sys.exit(0 if str(run.state) == "success" else f"dag run ended {run.state}")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("airflow") is None, reason="apache-airflow is not installed")
+def test_airflow_dag_runs_against_the_fake(fake: FakePostHog, server: str, tmp_path: Path) -> None:
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    dag_file = Path(shutil.copy(EXAMPLES / "airflow_dag.py", dags))
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PYTHONPATH": str(EXAMPLES.parents[1])}
+
+    def child(*args: str) -> None:
+        done = subprocess.run([sys.executable, *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    child("-c", AIRFLOW_RUN, str(dag_file), "parse")  # parsing the DAG without any PostHog setting
+    assert fake.requests == []
+    child("-m", "airflow", "db", "migrate")
+    env.update(dlt_env(tmp_path, fake, server))
+    child("-c", AIRFLOW_RUN, str(dag_file), "test")
+    assert_matches_truth(fake, SyncOptions(output=str(tmp_path / "out.duckdb")))
+    assert query(tmp_path / "out.duckdb", "SELECT count(*) FROM posthog._sync_report") == \
+        [(len(ENDPOINTS) * len(PROJECTS),)]

@@ -1,10 +1,18 @@
 """Airflow: sync PostHog hourly with `pipelines.run`, the CLI's sync, in one task.
 
 Install posthog-export (with the extra of your warehouse, e.g. `pip install -e ".[postgres]"` from your clone)
-into the Airflow environment and copy this file into the dags folder. dlt reads the key and the warehouse
-credentials when the task runs (parsing the DAG reads no setting and sends no request): from the dags
-folder's `.dlt/secrets.toml`, environment variables (`POSTHOG_PERSONAL_API_KEY`, `SOURCES__POSTHOG__HOST`,
-`DESTINATION__POSTGRES__CREDENTIALS`) or the Airflow variable `dlt_secrets_toml`.
+into the Airflow environment and copy this file into the dags folder. Everything is read from dlt's config
+when the task runs (parsing the DAG reads no setting and sends no request): the dags folder's
+`.dlt/config.toml` and `.dlt/secrets.toml`, the Airflow variable `dlt_secrets_toml`, or the environment
+variables named on the right::
+
+    destination_type = "postgres"       # DESTINATION_TYPE: duckdb, postgres, bigquery, snowflake, ...
+    [sources.posthog]
+    project_ids = [12345, 67890]        # SOURCES__POSTHOG__PROJECT_IDS ("12345,67890", or "all")
+    host = "eu"                         # SOURCES__POSTHOG__HOST
+    personal_api_key = "phx_..."        # secrets.toml, or POSTHOG_PERSONAL_API_KEY
+    [destination.postgres]
+    credentials = "postgresql://..."    # secrets.toml, or DESTINATION__POSTGRES__CREDENTIALS
 
 One task syncs every project, so they share the key's one rate budget (PostHog limits per key, not per
 project); every row carries `project_id`. Each table is its own dlt load: a failed table leaves the others
@@ -24,8 +32,7 @@ try:  # Airflow 3
 except ImportError:  # Airflow 2
     from airflow.decorators import dag, task
 
-PROJECT_IDS = [12345, 67890]
-DESTINATION = "postgres"
+PIPELINE_NAME = "posthog_airflow"  # dlt's working folder and state; on DuckDB also the file name
 DATASET = "posthog"
 
 
@@ -47,8 +54,8 @@ def posthog_export() -> None:
         import pipelines
         from sources.posthog import posthog_source
 
-        pipeline = dlt.pipeline(pipeline_name="posthog", destination=DESTINATION, dataset_name=DATASET)
-        result = pipelines.run(pipeline, posthog_source(project_ids=PROJECT_IDS))
+        pipeline = dlt.pipeline(pipeline_name=PIPELINE_NAME, dataset_name=DATASET)
+        result = pipelines.run(pipeline, posthog_source())
         for warning in result.warnings():
             logging.getLogger("posthog_export").warning(warning)
         if result.failures:
@@ -61,4 +68,4 @@ def posthog_export() -> None:
     sync()
 
 
-posthog_export()
+posthog_export_dag = posthog_export()
