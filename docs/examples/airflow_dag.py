@@ -1,29 +1,38 @@
-"""Airflow: sync PostHog hourly with dlt's Airflow helper, one task per project, then refresh the BI views.
+"""Airflow: sync PostHog hourly with `pipelines.run`, the CLI's sync, in one task.
 
-Install posthog-export (with the extra of your warehouse, e.g. `pip install "posthog-export[postgres]"` from
-your clone) into the Airflow environment and copy this file into the dags folder. dlt reads the key and the
-warehouse credentials from the dags folder's `.dlt/secrets.toml`, environment variables
-(`SOURCES__POSTHOG__PERSONAL_API_KEY`, `SOURCES__POSTHOG__HOST`, `DESTINATION__POSTGRES__CREDENTIALS`) or
-the Airflow variable `dlt_secrets_toml`.
+Install posthog-export (with the extra of your warehouse, e.g. `pip install -e ".[postgres]"` from your clone)
+into the Airflow environment and copy this file into the dags folder. Everything is read from dlt's config
+when the task runs (parsing the DAG reads no setting and sends no request): the dags folder's
+`.dlt/config.toml` and `.dlt/secrets.toml`, the Airflow variable `dlt_secrets_toml`, or the environment
+variables named on the right::
 
-Each project has its own pipeline and so its own state (cursors), which dlt keeps in the warehouse: the
-workers' local folders are thrown away after each task. All projects load into the same dataset; every row
-carries `project_id`. A failing project does not stop the others (`trigger_rule="all_done"`).
+    destination_type = "postgres"       # DESTINATION_TYPE: duckdb, postgres, bigquery, snowflake, ...
+    [sources.posthog]
+    project_ids = [12345, 67890]        # SOURCES__POSTHOG__PROJECT_IDS ("12345,67890", or "all")
+    host = "eu"                         # SOURCES__POSTHOG__HOST
+    personal_api_key = "phx_..."        # secrets.toml, or POSTHOG_PERSONAL_API_KEY
+    [destination.postgres]
+    credentials = "postgresql://..."    # secrets.toml, or DESTINATION__POSTGRES__CREDENTIALS
+
+One task syncs every project, so they share the key's one rate budget (PostHog limits per key, not per
+project); every row carries `project_id`. Each table is its own dlt load: a failed table leaves the others
+loaded and fails the task, and the next run retries it from its last committed state. dlt keeps the cursors
+in the warehouse too, so a worker's local folder may be thrown away between runs. The task also refreshes
+the BI views and appends the run's counters to `_sync_report`. `max_active_runs=1`: never two syncs at once.
 """
 
 from __future__ import annotations
 
-import dlt
+import logging
+
 import pendulum
-from dlt.helpers.airflow_helper import PipelineTasksGroup
 
 try:  # Airflow 3
     from airflow.sdk import dag, task
 except ImportError:  # Airflow 2
     from airflow.decorators import dag, task
 
-PROJECT_IDS = [12345, 67890]
-DESTINATION = "postgres"
+PIPELINE_NAME = "posthog_airflow"  # dlt's working folder and state; on DuckDB also the file name
 DATASET = "posthog"
 
 
@@ -35,29 +44,28 @@ DATASET = "posthog"
     tags=["posthog", "dlt"],
 )
 def posthog_export() -> None:
-    """One task group (with one task) per PostHog project, then the BI views."""
-    from sources.posthog import posthog_source
+    """Sync the PostHog tables of every project into the warehouse."""
 
-    groups = []
-    for project_id in PROJECT_IDS:
-        # the group must exist before its pipeline: it points dlt at a fresh working folder
-        group = PipelineTasksGroup(f"posthog_{project_id}", use_data_folder=False, wipe_local_data=True)
-        pipeline = dlt.pipeline(
-            pipeline_name=f"posthog_{project_id}", destination=DESTINATION, dataset_name=DATASET
-        )
-        group.add_run(
-            pipeline, posthog_source(project_ids=[project_id]), decompose="none", trigger_rule="all_done", retries=0
-        )
-        groups.append(group)
+    @task(retries=0)  # the next hourly run continues where this one stopped
+    def sync() -> dict[str, int]:
+        """Run the sync; rows loaded per table, or fail when a table failed."""
+        import dlt
 
-    @task(trigger_rule="all_done")
-    def bi_views() -> list[str]:
-        """Create or refresh the views of the README's "Views for BI" in the dataset."""
-        from pipelines.views import create_views
+        import pipelines
+        from sources.posthog import posthog_source
 
-        return create_views(dlt.pipeline(pipeline_name="posthog_views", destination=DESTINATION, dataset_name=DATASET))
+        pipeline = dlt.pipeline(pipeline_name=PIPELINE_NAME, dataset_name=DATASET)
+        result = pipelines.run(pipeline, posthog_source())
+        for warning in result.warnings():
+            logging.getLogger("posthog_export").warning(warning)
+        if result.failures:
+            raise RuntimeError("; ".join(f"{name} failed: {reason}" for name, reason in result.failures.items()))
+        loaded: dict[str, int] = {}
+        for run in result.report.runs.values():
+            loaded[run.resource] = loaded.get(run.resource, 0) + run.rows_loaded
+        return loaded
 
-    groups >> bi_views()
+    sync()
 
 
-posthog_export()
+posthog_export_dag = posthog_export()
