@@ -20,9 +20,9 @@ from typing import Any
 import duckdb
 import pytest
 
+from fake_posthog import FakePostHog
 from pipelines.runner import SyncOptions
 from sources.posthog import ENDPOINTS
-from sources.posthog.fake import FakePostHog
 from sources.posthog.sync import parse_time
 
 from .conftest import PROJECTS, requests_to
