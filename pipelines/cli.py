@@ -15,8 +15,10 @@ from urllib.parse import urlsplit
 import duckdb
 
 from sources.posthog import ENDPOINTS, resolve_api_key
-from sources.posthog.client import REGION_HOSTS, PostHogError, normalize_host
+from sources.posthog.client import REGION_HOSTS, normalize_host
+from sources.posthog.errors import PostHogError
 
+from .hints import with_hint
 from .output import echo, print_table
 from .runner import AlreadyRunning, Interrupted, Interruption, SyncOptions, UsageError, run_sync
 
@@ -270,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into one line
         if args.verbose:
             raise
-        shown = str(error) if isinstance(error, PostHogError) else f"{type(error).__name__}: {error}"
+        shown = with_hint(str(error), error) if isinstance(error, PostHogError) else f"{type(error).__name__}: {error}"
         echo(f"error: {shown} (rerun with --verbose for details)", err=True)
         return EXIT_FAILED
 

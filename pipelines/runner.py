@@ -21,11 +21,13 @@ from filelock import FileLock, Timeout
 
 from sources.posthog import ENDPOINTS, PostHogClient, SyncReport, posthog_source
 from sources.posthog.arrow import SchemaViolation, dlt_columns
-from sources.posthog.client import AuthError, ClientStats, NotPostHog, PostHogError, ProjectNotFound
+from sources.posthog.client import ClientStats
 from sources.posthog.endpoints import ColumnType as TColumnType
+from sources.posthog.errors import AuthError, NotPostHog, PostHogError, ProjectNotFound
 from sources.posthog.pacing import Pacer
 from sources.posthog.sync import DELETED, child_table, parent_column
 
+from .hints import with_hint
 from .output import echo, print_table
 from .parquet import compact_table
 from .progress import SyncProgress, default_mode
@@ -148,7 +150,7 @@ class SyncResult:
             where = f"{run.resource} project {run.project_id}"
             if run.status in ("skipped", "incomplete"):
                 unproven = f" ({run.unproven} rows unproven)" if run.unproven else ""
-                found.append(f"{where} {run.status}{unproven}: {run.reason}")
+                found.append(with_hint(f"{where} {run.status}{unproven}: {run.reason}", run.error))
             elif run.unproven:
                 found.append(
                     f"{where}: {run.unproven} rows unproven (PostHog counted {run.api_count}, "

@@ -9,11 +9,11 @@ import httpx
 import orjson
 import pytest
 
-from sources.posthog.client import (
+from sources.posthog.client import PostHogClient
+from sources.posthog.errors import (
     AuthError,
     NotPostHog,
     PagingError,
-    PostHogClient,
     PostHogError,
     ProjectNotFound,
     ResourceUnavailable,

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from pipelines.runner import SyncOptions
 from sources.posthog import sync as sync_module
-from sources.posthog.client import PostHogClient, QueryTooBig
+from sources.posthog.client import PostHogClient
 from sources.posthog.endpoints import RECORDINGS
+from sources.posthog.errors import QueryTooBig
 from sources.posthog.fake import FakePostHog, FakeRequest
 from sources.posthog.report import SyncReport
 from sources.posthog.sync import Context, parse_time, read_date_from

@@ -15,7 +15,8 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.runner import SyncOptions, run_sync
-from sources.posthog.client import BudgetExhausted, NotPostHog, PostHogClient
+from sources.posthog.client import PostHogClient
+from sources.posthog.errors import BudgetExhausted, NotPostHog
 from sources.posthog.fake import FakePostHog, FakeRequest
 from sources.posthog.pacing import Pacer
 

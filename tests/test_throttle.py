@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from pipelines.runner import SyncOptions, SyncResult, print_rate_buckets, run_sync
 from sources.posthog import ENDPOINTS
-from sources.posthog.client import BudgetExhausted, PostHogClient
+from sources.posthog.client import PostHogClient
+from sources.posthog.errors import BudgetExhausted
 from sources.posthog.fake import FakePostHog, FakeRequest
 from sources.posthog.pacing import Pacer
 
@@ -153,7 +154,7 @@ def test_a_429_wait_beyond_max_wait_stops_the_resource_cleanly_keeping_its_rows(
     assert result.ok  # stopping on the budget is not a failure
     for project in PROJECTS:
         run_ = result.report.runs[(project, "session_recordings")]
-        assert run_.status == "incomplete" and "--max-wait" in (run_.reason or "")
+        assert run_.status == "incomplete" and "(max_wait)" in (run_.reason or "")
     loaded = landed_rows(result.options, "session_recordings")  # type: ignore[attr-defined]
     assert 0 < len(loaded) < len(truth_rows(fake, "session_recordings"))
     assert landed_rows(result.options, "subscriptions") == truth_rows(fake, "subscriptions")  # type: ignore
@@ -208,7 +209,7 @@ def test_429s_are_not_attempts_but_their_total_wait_is_bounded() -> None:
     seen.clear()
     answers = [json_429(50)] * 20
     client.max_wait_s = 120
-    with pytest.raises(BudgetExhausted, match="--max-wait"):
+    with pytest.raises(BudgetExhausted, match=r"\(max_wait\)"):
         client.get("/api/projects/1/subscriptions/")
     assert len(seen) == 3  # waited 51 s twice; a third wait would pass 120 s
 

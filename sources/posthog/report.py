@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ class ResourceRun:
     duration_s: float = 0.0
     status: str = "ok"  # ok | skipped | incomplete | failed
     reason: str | None = None
+    error: Exception | None = field(default=None, repr=False, compare=False)  # what stopped it, not stored
 
 
 @dataclass
@@ -62,4 +63,5 @@ class SyncReport:
 
     def rows(self) -> list[dict[str, Any]]:
         """Rows for the `_sync_report` table."""
-        return [{"run_started_at": self.started_at, **asdict(r)} for r in self.runs.values()]
+        stored = [f.name for f in fields(ResourceRun) if f.name != "error"]
+        return [{"run_started_at": self.started_at, **{n: getattr(r, n) for n in stored}} for r in self.runs.values()]

@@ -22,17 +22,11 @@ import orjson
 import pyarrow as pa
 
 from .arrow import Drift, dlt_columns, to_arrow
-from .client import (
-    BudgetExhausted,
-    PostHogClient,
-    PostHogError,
-    QueryLimits,
-    QueryTooBig,
-    ResourceUnavailable,
-    TransientError,
-)
+from .client import PostHogClient
 from .endpoints import MERGE, ColumnType, Endpoint
+from .errors import BudgetExhausted, PostHogError, QueryTooBig, ResourceUnavailable, TransientError
 from .feed import Feed
+from .paging import QueryLimits
 from .report import ResourceRun, SyncReport
 
 logger = logging.getLogger("posthog_export")
@@ -243,7 +237,7 @@ def read_date_from(endpoint: Endpoint, ctx: Context, project_id: int, state: dic
 
 
 def _stopped(run: ResourceRun, error: PostHogError) -> None:
-    run.status, run.reason = "incomplete", str(error)
+    run.status, run.reason, run.error = "incomplete", str(error), error
     logger.warning("%s project %s: %s", run.resource, run.project_id, error)
 
 
@@ -736,7 +730,7 @@ def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) 
             try:
                 yield from feed
             except ResourceUnavailable as error:
-                run.status, run.reason = "skipped", str(error)
+                run.status, run.reason, run.error = "skipped", str(error), error
                 logger.warning("%s skipped for project %s: %s", endpoint.name, project_id, error)
             except TransientError as error:
                 raise PostHogError(
