@@ -49,10 +49,9 @@ def read(fake: FakePostHog, url: str, state: dict[str, Any], page_size: int) -> 
                   page_sizes={"session_recordings": page_size})
     rows: list[dict[str, Any]] = []
     try:
-        with client.counting(ctx.report.run(1, RECORDINGS.name)):
-            for item in read_date_from(RECORDINGS, ctx, 1, state):
-                if item.meta.hints["table_name"] == RECORDINGS.name:
-                    rows.extend(item.data.to_pylist())
+        for item in read_date_from(ctx.report.job(RECORDINGS, 1, state), ctx):
+            if item.meta.hints["table_name"] == RECORDINGS.name:
+                rows.extend(item.data.to_pylist())
     finally:
         client.close()
     for row in rows:  # Arrow gives datetimes; compare like the landed rows

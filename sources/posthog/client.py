@@ -10,9 +10,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -24,17 +24,12 @@ from .pacing import BucketStats, Pacer, recordings_list
 from .paging import QueryLimits
 from .retries import Throttled, check_pace, duration, retrying, stated_wait
 
+if TYPE_CHECKING:
+    from .report import Job
+
 logger = logging.getLogger("posthog_export")
 
 REGION_HOSTS = {"us": "https://us.posthog.com", "eu": "https://eu.posthog.com"}
-
-
-class Counters(Protocol):
-    """Where a thread's requests are counted besides the client's totals (a report's ResourceRun)."""
-
-    requests: int
-    throttled: int
-    retries: int
 
 
 @dataclass
@@ -94,7 +89,6 @@ class PostHogClient:
         self._project_token = api_key.startswith("phc_")
         # one client serves every resource and project, possibly from several threads at once
         self._lock = threading.Lock()
-        self._local = threading.local()
         # every thread (projects, read-ahead pages, detail workers) shares the key's budget
         self._in_flight = threading.BoundedSemaphore(max_in_flight)
         # recordings queries may run 60 s server-side (§6): the read timeout must exceed that
@@ -105,57 +99,48 @@ class PostHogClient:
             transport=transport,
             follow_redirects=True,
         )
-        self._retrying = retrying(max_attempts, backoff_s, sleep, self._before_sleep)
+        self._retrying = retrying(max_attempts, backoff_s, sleep)
 
     def close(self) -> None:
         """Close the underlying connections."""
         self._http.close()
 
-    @contextmanager
-    def counting(self, counters: Counters | None) -> Iterator[None]:
-        """Count this thread's requests, 429s and retries on `counters` too, while inside."""
-        previous = getattr(self._local, "counters", None)
-        self._local.counters = counters
-        try:
-            yield
-        finally:
-            self._local.counters = previous
-
-    def _count(self, name: str) -> None:
-        self._count_on(getattr(self._local, "counters", None), name)
-
-    def _count_on(self, counters: Counters | None, name: str) -> None:
+    def _count(self, name: str, job: Job | None) -> None:
+        """Count a request, 429 or retry on the key's totals, and on the job's run when there is one."""
         with self._lock:
             setattr(self.stats, name, getattr(self.stats, name) + 1)
-            if counters is not None:
-                setattr(counters, name, getattr(counters, name) + 1)
+            if job is not None:
+                setattr(job.run, name, getattr(job.run, name) + 1)
 
-    def _before_sleep(self, retry_state: RetryCallState) -> None:
-        self._count("retries")
+    def _before_sleep(self, job: Job | None, retry_state: RetryCallState) -> None:
+        self._count("retries", job)
         wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
         with self._lock:
             self.stats.waited_s += wait
         error = retry_state.outcome.exception() if retry_state.outcome else None
         logger.warning("%s; retrying in %.0f s", error, wait)
 
-    def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+    def get(self, path: str, params: Mapping[str, Any] | None = None, job: Job | None = None) -> Any:
         """GET a path under the host and return the decoded JSON body.
 
         5xx answers, transport errors and broken bodies are retried up to `max_attempts`; 429s are not
         attempts: they are waited out (the whole key waits) for up to `max_wait_s` in all per request.
+        The request counts on `job`'s run (besides the key's totals); calls without a job (project
+        discovery, probes) count on the totals only.
         """
-        return self._retrying.copy()(self._get_once, path, dict(params or {}), Throttled())
+        retrying = self._retrying.copy(before_sleep=partial(self._before_sleep, job))
+        return retrying(self._get_once, path, dict(params or {}), Throttled(), job)
 
-    def _pace(self, path: str, now: float) -> float:
+    def _pace(self, path: str, now: float, job: Job | None) -> float:
         """Wait until the key's buckets would allow GET `path`; returns the time waited until."""
         while True:
             with self._lock:
                 wait, why = self.pacer.delay(path, now)
             if wait <= 0:
                 return now
-            check_pace(wait, self.max_wait_s, _resource(path), why)
+            check_pace(wait, self.max_wait_s, _what(path, job), why)
             if wait >= 30:
-                logger.warning("%s: %s, waiting %s", _resource(path), why, duration(wait))
+                logger.warning("%s: %s, waiting %s", _what(path, job), why, duration(wait))
             # other threads may have waited meanwhile (a test's virtual clock moves only on sleeps)
             left = min(wait, now + wait - self._clock())
             if left > 0:
@@ -166,18 +151,20 @@ class PostHogClient:
             # a test's sleep may not move the clock: never recheck at a time before the one waited for
             now = max(self._clock(), now + wait)
 
-    def _send(self, path: str, params: dict[str, Any], where: str, throttled: Throttled) -> httpx.Response:
+    def _send(
+        self, path: str, params: dict[str, Any], where: str, throttled: Throttled, job: Job | None
+    ) -> httpx.Response:
         """Paced requests, each holding one of the key's in-flight slots, until one is not a 429."""
         now = self._clock()
         while True:
-            now = self._pace(path, now)
+            now = self._pace(path, now, job)
             with self._in_flight:
                 with self._lock:
                     now = max(now, self._clock())
                     if self.pacer.delay(path, now)[0] > 0:
                         continue  # another thread took the slot, or a 429 came, while this one waited
                     self.pacer.take(path, now)
-                self._count("requests")
+                self._count("requests", job)
                 try:
                     response = self._http.get(path, params=params)
                 except httpx.ConnectError as error:
@@ -191,13 +178,13 @@ class PostHogClient:
                         self.pacer.answered(path, now)
                     return response
                 # still holding the slot: no other request goes out before the key knows of this 429
-                self._throttled(response, path, where, now, throttled)
+                self._throttled(response, path, where, now, throttled, job)
 
-    def _get_once(self, path: str, params: dict[str, Any], throttled: Throttled) -> Any:
+    def _get_once(self, path: str, params: dict[str, Any], throttled: Throttled, job: Job | None) -> Any:
         where = f"GET {path}" + (f"?{httpx.QueryParams(params)}" if params else "")
-        response = self._send(path, params, where, throttled)
-        error = error_for(response, where, self.host, project=_project(path), too_big=recordings_list(path),
-                          project_token=self._project_token)
+        response = self._send(path, params, where, throttled, job)
+        error = error_for(response, where, self.host, project=job.project_id if job else None,
+                          too_big=recordings_list(path), project_token=self._project_token)
         if error is not None:
             raise error
         try:
@@ -205,9 +192,11 @@ class PostHogClient:
         except orjson.JSONDecodeError as error:
             raise TransientError(f"{where}: invalid or truncated JSON in the response") from error
 
-    def _throttled(self, response: httpx.Response, path: str, where: str, sent_at: float, throttled: Throttled) -> None:
+    def _throttled(
+        self, response: httpx.Response, path: str, where: str, sent_at: float, throttled: Throttled, job: Job | None
+    ) -> None:
         """Make the whole key wait out a 429, or stop cleanly when that exceeds the request's max wait."""
-        self._count("throttled")
+        self._count("throttled", job)
         reason = detail(response)
         stated = stated_wait(response, reason)
         error = error_for(response, where, self.host, too_big=recordings_list(path), stated_wait=stated is not None)
@@ -220,28 +209,20 @@ class PostHogClient:
         wait = throttled.wait(stated, now, self.backoff_s)
         with self._lock:
             self.pacer.throttled(path, sent_at, now, wait)  # the wait itself is paced, in `_pace`
-        throttled.check(now + wait, self.max_wait_s, _resource(path))
-        self._count("retries")
+        throttled.check(now + wait, self.max_wait_s, _what(path, job))
+        self._count("retries", job)
         logger.info("%s: 429 %s; retrying in %.0f s", where, reason, wait)  # long waits are announced by _pace
 
     def pages(
-        self, path: str, params: Mapping[str, Any], shape: str, limits: QueryLimits | None = None
+        self, path: str, params: Mapping[str, Any], shape: str, limits: QueryLimits | None = None,
+        job: Job | None = None,
     ) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
-        """Yield (rows, body) for every page of a list (see `paging.pages`), counted like this thread's requests."""
-        counters = getattr(self._local, "counters", None)
-
-        def get(page_path: str, page_params: dict[str, Any]) -> Any:
-            with self.counting(counters):
-                return self.get(page_path, page_params)
-
-        return paging.pages(get, path, params, shape, limits, lambda: self._count_on(counters, "retries"))
+        """Yield (rows, body) for every page of a list (see `paging.pages`), each request counted on `job`."""
+        return paging.pages(
+            partial(self.get, job=job), path, params, shape, limits, partial(self._count, "retries", job)
+        )
 
 
-def _resource(path: str) -> str:
-    parts = [p for p in path.split("/") if p]
-    return parts[3] if len(parts) > 3 else path
-
-
-def _project(path: str) -> int | None:
-    parts = [p for p in path.split("/") if p]
-    return int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+def _what(path: str, job: Job | None) -> str:
+    """What a request is for, in messages: the job's endpoint, else the path."""
+    return job.endpoint.name if job is not None else path

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from .endpoints import Endpoint
+
 
 @dataclass
 class ResourceRun:
@@ -28,6 +30,24 @@ class ResourceRun:
     status: str = "ok"  # ok | skipped | incomplete | failed
     reason: str | None = None
     error: Exception | None = field(default=None, repr=False, compare=False)  # what stopped it, not stored
+
+
+@dataclass
+class Job:
+    """One endpoint of one project in one run: what its requests are for, where they count, its state.
+
+    Created once per (endpoint, project) and handed to the readers and to every client call they make.
+    """
+
+    endpoint: Endpoint
+    project_id: int
+    run: ResourceRun
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        """The endpoint's list path for the project (always `/api/projects/`, shared/posthog-api.md §2)."""
+        return f"/api/projects/{self.project_id}/{self.endpoint.path}/"
 
 
 @dataclass
@@ -56,10 +76,13 @@ class SyncReport:
             self._clock[key] = time.monotonic()
         return self.runs[key]
 
-    def finish(self, project_id: int, resource: str) -> None:
+    def job(self, endpoint: Endpoint, project_id: int, state: dict[str, Any] | None = None) -> Job:
+        """The job of one project's endpoint, counted on its run (created on first use)."""
+        return Job(endpoint, project_id, self.run(project_id, endpoint.name), {} if state is None else state)
+
+    def finish(self, run: ResourceRun) -> None:
         """Stop the clock of one project's resource."""
-        key = (project_id, resource)
-        self.run(project_id, resource).duration_s = round(time.monotonic() - self._clock[key], 3)
+        run.duration_s = round(time.monotonic() - self._clock[(run.project_id, run.resource)], 3)
 
     def rows(self) -> list[dict[str, Any]]:
         """Rows for the `_sync_report` table."""

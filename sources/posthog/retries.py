@@ -21,10 +21,11 @@ _WAIT_RE = re.compile(r"available in (\d+) second", re.IGNORECASE)
 MAX_BACKOFF_S = 300.0
 
 
-def retrying(
-    max_attempts: int, backoff_s: float, sleep: Callable[[float], None], before_sleep: Callable[[RetryCallState], None]
-) -> Retrying:
-    """The tenacity policy for one request: `TransientError`s retried with jittered exponential backoff."""
+def retrying(max_attempts: int, backoff_s: float, sleep: Callable[[float], None]) -> Retrying:
+    """The tenacity policy for a request: `TransientError`s retried with jittered exponential backoff.
+
+    Copy it per request with that request's `before_sleep` (where its retries are counted).
+    """
     backoff = wait_exponential_jitter(multiplier=backoff_s, max=60.0, jitter=backoff_s)
 
     def wait(retry_state: RetryCallState) -> float:
@@ -37,7 +38,6 @@ def retrying(
         retry=retry_if_exception_type(TransientError),
         stop=stop_after_attempt(max_attempts),
         wait=wait,
-        before_sleep=before_sleep,
         sleep=sleep,
         reraise=True,
     )
