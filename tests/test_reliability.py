@@ -16,7 +16,7 @@ import pytest
 from pipelines.cli import main
 from pipelines.runner import SyncOptions, run_sync
 from sources.posthog.client import PostHogClient
-from sources.posthog.endpoints import RECORDINGS
+from sources.posthog.endpoints import RECORDINGS, SUBSCRIPTIONS
 from sources.posthog.errors import BudgetExhausted, NotPostHog
 from sources.posthog.fake import FakePostHog, FakeRequest
 from sources.posthog.pacing import Pacer
@@ -40,17 +40,16 @@ class FakeClock:
 
 def test_pacer_mirrors_the_free_plan_recordings_limits() -> None:
     pacer, now = Pacer("free"), 0.0
-    path = "/api/projects/1/session_recordings/"
     waits = []
     for _ in range(61):
-        wait, window = pacer.wait(path, now)
+        wait, window = pacer.wait(RECORDINGS.buckets, now)
         waits.append((round(wait), window.name if window else None))
         now += wait
-        pacer.take(path, now)
+        pacer.take(RECORDINGS.buckets, now)
     assert waits[:12] == [(0, None)] * 12
     assert waits[12] == (60, "minute")  # the 13th call of the first minute waits for it to pass
     assert waits[60][1] == "hourly" and now >= 3600  # the 61st of the hour waits for the hour
-    assert pacer.wait("/api/projects/1/subscriptions/", now)[0] == 0  # other endpoints: their own bucket
+    assert pacer.wait(SUBSCRIPTIONS.buckets, now)[0] == 0  # other endpoints: their own bucket
 
 
 def test_client_waits_for_the_budget_and_stops_cleanly_past_the_maximum(caplog: pytest.LogCaptureFixture) -> None:

@@ -20,7 +20,7 @@ from tenacity import RetryCallState
 
 from . import paging
 from .errors import NotPostHog, TransientError, detail, error_for
-from .pacing import BucketStats, Pacer, recordings_list
+from .pacing import GENERAL, BucketStats, Pacer
 from .paging import QueryLimits
 from .retries import Throttled, check_pace, duration, retrying, stated_wait
 
@@ -133,9 +133,10 @@ class PostHogClient:
 
     def _pace(self, path: str, now: float, job: Job | None) -> float:
         """Wait until the key's buckets would allow GET `path`; returns the time waited until."""
+        buckets = _buckets(job)
         while True:
             with self._lock:
-                wait, why = self.pacer.delay(path, now)
+                wait, why = self.pacer.delay(buckets, now)
             if wait <= 0:
                 return now
             check_pace(wait, self.max_wait_s, _what(path, job), why)
@@ -147,7 +148,7 @@ class PostHogClient:
                 self._sleep(left)
                 with self._lock:
                     self.stats.paced_s += left
-                    self.pacer.buckets_for(path)[-1].stats.paced_s += left
+                    self.pacer.buckets_for(buckets)[-1].stats.paced_s += left
             # a test's sleep may not move the clock: never recheck at a time before the one waited for
             now = max(self._clock(), now + wait)
 
@@ -155,15 +156,15 @@ class PostHogClient:
         self, path: str, params: dict[str, Any], where: str, throttled: Throttled, job: Job | None
     ) -> httpx.Response:
         """Paced requests, each holding one of the key's in-flight slots, until one is not a 429."""
-        now = self._clock()
+        now, buckets = self._clock(), _buckets(job)
         while True:
             now = self._pace(path, now, job)
             with self._in_flight:
                 with self._lock:
                     now = max(now, self._clock())
-                    if self.pacer.delay(path, now)[0] > 0:
+                    if self.pacer.delay(buckets, now)[0] > 0:
                         continue  # another thread took the slot, or a 429 came, while this one waited
-                    self.pacer.take(path, now)
+                    self.pacer.take(buckets, now)
                 self._count("requests", job)
                 try:
                     response = self._http.get(path, params=params)
@@ -175,7 +176,7 @@ class PostHogClient:
                     raise TransientError(f"{where}: {type(error).__name__}: {error}") from error
                 if response.status_code != 429:
                     with self._lock:
-                        self.pacer.answered(path, now)
+                        self.pacer.answered(buckets, now)
                     return response
                 # still holding the slot: no other request goes out before the key knows of this 429
                 self._throttled(response, path, where, now, throttled, job)
@@ -184,7 +185,7 @@ class PostHogClient:
         where = f"GET {path}" + (f"?{httpx.QueryParams(params)}" if params else "")
         response = self._send(path, params, where, throttled, job)
         error = error_for(response, where, self.host, project=job.project_id if job else None,
-                          too_big=recordings_list(path), project_token=self._project_token)
+                          too_big=job is not None and job.endpoint.too_big, project_token=self._project_token)
         if error is not None:
             raise error
         try:
@@ -199,16 +200,18 @@ class PostHogClient:
         self._count("throttled", job)
         reason = detail(response)
         stated = stated_wait(response, reason)
-        error = error_for(response, where, self.host, too_big=recordings_list(path), stated_wait=stated is not None)
+        error = error_for(response, where, self.host, too_big=job is not None and job.endpoint.too_big,
+                          stated_wait=stated is not None)
+        buckets = _buckets(job)
         if error is not None:
             with self._lock:  # not the rate limit: the server accepted the request
-                self.pacer.answered(path, sent_at)
-                self.pacer.buckets_for(path)[-1].stats.throttled += 1
+                self.pacer.answered(buckets, sent_at)
+                self.pacer.buckets_for(buckets)[-1].stats.throttled += 1
             raise error
         now = self._clock()
         wait = throttled.wait(stated, now, self.backoff_s)
         with self._lock:
-            self.pacer.throttled(path, sent_at, now, wait)  # the wait itself is paced, in `_pace`
+            self.pacer.throttled(buckets, sent_at, now, wait)  # the wait itself is paced, in `_pace`
         throttled.check(now + wait, self.max_wait_s, _what(path, job))
         self._count("retries", job)
         logger.info("%s: 429 %s; retrying in %.0f s", where, reason, wait)  # long waits are announced by _pace
@@ -226,3 +229,8 @@ class PostHogClient:
 def _what(path: str, job: Job | None) -> str:
     """What a request is for, in messages: the job's endpoint, else the path."""
     return job.endpoint.name if job is not None else path
+
+
+def _buckets(job: Job | None) -> tuple[str, ...]:
+    """The key's rate buckets a request spends: its endpoint's, else the general one."""
+    return job.endpoint.buckets if job is not None else GENERAL

@@ -34,7 +34,7 @@ logger = logging.getLogger("posthog_export")
 ROW = dict[str, Any]
 GROUP_TYPES_LIMIT = 5  # group_type_index is 0..4 (shared/posthog-api.md §7.5)
 DETAIL_WORKERS = 8  # concurrent `/:id/` reads; the client's rate budget still applies
-REREAD_BATCH = 100  # recordings asked for by `session_ids` at once
+REREAD_BATCH = 100  # rows asked for again by id (`Endpoint.reread`) at once
 EDGE_MARGIN_US = 3600 * 1_000_000  # a session's parts are never this far apart (30 idle minutes end it)
 MIN_WINDOW = timedelta(minutes=15)  # narrower recordings windows than this do not get cheaper
 DELETED = "_deleted"  # set on the rows a run sends only to delete them (dlt's `hard_delete` hint)
@@ -174,6 +174,13 @@ def _epoch_us(table: pa.Table, column: str) -> list[int | None]:
     return table.column(column).cast(pa.int64()).to_pylist()
 
 
+def _end_us(endpoint: Endpoint, row: ROW) -> int | None:
+    """Where a row's span ends (µs), or None while it may still grow (ongoing, or no end yet)."""
+    end = row.get(endpoint.end) if endpoint.end else None
+    ongoing = row.get(endpoint.ongoing) if endpoint.ongoing else False
+    return None if ongoing is not False or not end else _us(end)
+
+
 @dataclass
 class _Window:
     """Progress of one reader: the newest cursor value handed to dlt, edge ids, rows held back."""
@@ -182,12 +189,12 @@ class _Window:
     edge: dict[str, int] = field(default_factory=dict)
     held: dict[str, ROW] = field(default_factory=dict)
 
-    def hold(self, rows: list[ROW], date_to_us: int) -> list[ROW]:
+    def hold(self, endpoint: Endpoint, rows: list[ROW], date_to_us: int) -> list[ROW]:
         """Keep back rows that may run past `date_to` (cut there, §7.1); return the others."""
         out = []
         for row in rows:
-            end = row.get("end_time")
-            if row.get("ongoing") is not False or not end or _us(end) >= date_to_us - EDGE_MARGIN_US:
+            end = _end_us(endpoint, row)
+            if end is None or end >= date_to_us - EDGE_MARGIN_US:
                 self.held[row["id"]] = row
             else:
                 out.append(row)
@@ -207,7 +214,7 @@ def read_date_from(job: Job, ctx: Context) -> Iterator[Any]:
     cursor = state.get("cursor")
     date_from = iso(parse_time(cursor) - ctx.lookback) if cursor else ctx.initial_date_from
     limits = None
-    if endpoint.partial_at_edge:  # ClickHouse-backed: too-big queries are asked for in smaller pieces
+    if endpoint.too_big:  # ClickHouse-backed: too-big queries are asked for in smaller pieces
         limits = ctx.query_limits
         limits.start(ctx.page_size(endpoint), state.get("page_size"))
     known: dict[str, int] = state.get("edge", {})
@@ -242,7 +249,7 @@ def _read_windows(
     lookback_us = int(ctx.lookback.total_seconds() * 1_000_000)
     lower, upper, span = date_from, None, timedelta(0)
     failed: timedelta | None = None  # the narrowest window that was too big
-    seen = _Seen()
+    seen = _Seen(endpoint)
     previous: set[Any] = set()
     while True:
         params = {**endpoint.params, "date_from": lower, "limit": ctx.page_size(endpoint)}
@@ -270,7 +277,7 @@ def _read_windows(
                 if known and endpoint.partial_at_edge:
                     rows = _complete_partials(job, ctx, rows, known)
                 if upper is not None:  # rows running past date_to may be cut there: read whole at the end
-                    rows = window.hold(rows, int(upper.timestamp() * 1_000_000))
+                    rows = window.hold(endpoint, rows, int(upper.timestamp() * 1_000_000))
                     seen.ends.update(dict.fromkeys(window.held))  # a cut row's end is not the session's
                 yield from _emit(job, ctx, rows, window, lookback_us)
         except QueryTooBig as error:
@@ -290,7 +297,7 @@ def _read_windows(
         if window.held:
             rows = _reread(job, ctx, [r for r in window.held.values()])
             window.held.clear()
-            seen.ends.update((r["id"], None if r.get("ongoing") is not False else _us(r["end_time"])) for r in rows)
+            seen.ends.update((r["id"], _end_us(endpoint, r)) for r in rows)
             yield from _emit(job, ctx, rows, window, lookback_us)
         if upper is None:
             return
@@ -304,7 +311,8 @@ def _read_windows(
 class _Seen:
     """Recordings read in this run that may come back on a later page, with their end (µs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
         self.ends: dict[str, int | None] = {}
         self._mark = SEEN_KEEP
 
@@ -315,9 +323,8 @@ class _Seen:
             ident = row.get("id")
             if ident in self.ends:
                 continue
-            end = row.get("end_time")
             # an ongoing session may still grow past any later date_from
-            self.ends[ident] = None if row.get("ongoing") is not False or not end else _us(end)
+            self.ends[ident] = _end_us(self.endpoint, row)
             out.append(row)
         if len(self.ends) > self._mark and last_start:
             # a session comes back only with a part starting after the last start read (§7.1); parts of
@@ -341,7 +348,7 @@ def _emit(job: Job, ctx: Context, rows: list[ROW], window: _Window, lookback_us:
         newest = max(filter(None, [newest, *starts]), default=None)
         if endpoint.partial_at_edge and newest is not None:
             floor = newest - lookback_us - 3_600_000_000
-            ends = _epoch_us(table, "end_time")
+            ends = _epoch_us(table, endpoint.end) if endpoint.end else starts
             for ident, start, end in zip(table.column("id").to_pylist(), starts, ends, strict=True):
                 if start is not None and (end or start) >= floor:
                     window.edge[ident] = start
@@ -369,7 +376,8 @@ def _complete_partials(job: Job, ctx: Context, rows: list[ROW], known: dict[str,
 
 
 def _reread(job: Job, ctx: Context, rows: list[ROW], starts: Mapping[str, int] | None = None) -> list[ROW]:
-    """The rows read again whole by `session_ids`, merged over the list rows; rows not returned are left out.
+    """The rows read again whole by id (`endpoint.reread`, recordings' `session_ids`), merged over the list
+    rows; rows not returned are left out.
 
     Older servers apply the date window to `session_ids` too (§7.1), so each batch sends a `date_from`
     before the earliest start known. A null in the re-read (persisted recordings come from Postgres
@@ -377,6 +385,7 @@ def _reread(job: Job, ctx: Context, rows: list[ROW], starts: Mapping[str, int] |
     the reader never consults the destination, and the list row is the newest value it has.
     """
     endpoint = job.endpoint
+    assert endpoint.reread
     by_id = {r["id"]: r for r in rows}
     batches = [list(by_id)[i : i + REREAD_BATCH] for i in range(0, len(by_id), REREAD_BATCH)]
     out: list[ROW] = []
@@ -386,7 +395,7 @@ def _reread(job: Job, ctx: Context, rows: list[ROW], starts: Mapping[str, int] |
             (starts or {}).get(i) or _us(by_id[i].get(endpoint.cursor) or ctx.initial_date_from) for i in ids
         )
         params = {
-            **endpoint.params, "session_ids": orjson.dumps(ids).decode(), "limit": len(ids),
+            **endpoint.params, endpoint.reread: orjson.dumps(ids).decode(), "limit": len(ids),
             "date_from": iso(datetime.fromtimestamp(earliest / 1_000_000, UTC) - timedelta(days=1)),
         }
         try:
@@ -455,16 +464,17 @@ def read_watermark(job: Job, ctx: Context) -> Iterator[Any]:
 
 def _scans(job: Job, ctx: Context) -> list[dict[str, Any]]:
     scans: list[dict[str, Any]] = []
+    path = job.endpoint.group_types
     for scan in job.endpoint.scans:
-        if scan.get("type") != "group":
+        if scan.get("type") != "group" or path is None:
             scans.append(dict(scan))
             continue
         try:
-            types = ctx.client.get(f"/api/projects/{job.project_id}/groups_types/", job=job)
+            types = ctx.client.get(f"/api/projects/{job.project_id}/{path}/", job=job)
             indices = sorted({int(t["group_type_index"]) for t in types})
         except ResourceUnavailable as error:
-            # groups_types needs the group:read scope (§7.5); every valid index still lists
-            logger.warning("groups_types unavailable (%s); listing group indices 0-4", error)
+            # the group types list needs the group:read scope (§7.5); every valid index still lists
+            logger.warning("%s unavailable (%s); listing group indices 0-4", path, error)
             indices = list(range(GROUP_TYPES_LIMIT))
         scans.extend({**scan, "group_type_index": i} for i in indices)
     return scans
