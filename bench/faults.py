@@ -27,8 +27,8 @@ from fake_posthog import FakePostHog  # noqa: E402
 from pipelines.output import print_table  # noqa: E402
 from pipelines.runner import SyncOptions, SyncResult, run_sync  # noqa: E402
 from sources.posthog import ENDPOINTS  # noqa: E402
-from sources.posthog.pacing import Pacer  # noqa: E402
 from tests.test_sync import landed_rows, truth_rows  # noqa: E402
+from tests.test_throttle import bucket_of  # noqa: E402
 
 FREE = {"recordings_list": [(12, 60.0), (60, 3600.0)], "analytics": [(240, 60.0), (1200, 3600.0)],
         "general": [(480, 60.0), (4800, 3600.0)]}
@@ -73,11 +73,10 @@ def measure(
 def _bucket_rows(label: str, plan: str, fake: FakePostHog, result: SyncResult, out: list[list[object]]) -> None:
     """Per bucket that saw a 429 or was paced: requests, 429s (all, and late ones), the settled rate."""
     assert result.client_stats is not None
-    blame = Pacer("none")
     for name, bucket in result.client_stats.buckets.items():
         if not (bucket.throttled or bucket.paced_s):
             continue
-        statuses = [r.status for r in fake.requests if blame.buckets_for(r.path)[-1].name == name]
+        statuses = [r.status for r in fake.requests if bucket_of(r) == name]
         since = statuses[statuses.index(429):] if 429 in statuses else []
         late = sum(s == 429 for s in since[len(since) // 2:])  # the later half of its requests since its first 429
         rate = "" if bucket.rate_per_min is None else round(bucket.rate_per_min, 2)

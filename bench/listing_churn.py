@@ -16,7 +16,7 @@ from fake_posthog import FakePostHog, FakeRequest
 from sources.posthog.client import PostHogClient
 from sources.posthog.endpoints import PROPERTY_DEFINITIONS, SUBSCRIPTIONS, Endpoint
 from sources.posthog.report import SyncReport
-from sources.posthog.sync import Context, _full_listing, list_path
+from sources.posthog.sync import Context, _full_listing
 
 
 def _transport(fake: FakePostHog) -> httpx.MockTransport:
@@ -64,10 +64,10 @@ def measure(order: str, per_page: int, first_pass_only: bool, endpoint: Endpoint
     client = PostHogClient("http://fake.test", fake.api_key, transport=_transport(fake))
     ctx = Context(client=client, report=SyncReport(), lookback=timedelta(days=1), initial_date_from="2020-01-01",
                   page_sizes={endpoint.name: 100})
-    run = ctx.report.run(1, endpoint.name)
+    job = ctx.report.job(endpoint, 1)
+    run = job.run
     params = {**endpoint.params, **({"type": "event"} if endpoint is PROPERTY_DEFINITIONS else {})}
-    with client.counting(run):
-        listing = _full_listing(endpoint, ctx, list_path(endpoint, 1), params, run)
+    listing = _full_listing(job, ctx, params)
     return {"endpoint": endpoint.name, "server": order, "churn/page": per_page,
             "churn": "first pass" if first_pass_only else "every pass", "rows": len(throughout),
             "missing": len(throughout - set(listing.rows)), "passes": listing.passes, "requests": run.requests,

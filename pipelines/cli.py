@@ -14,9 +14,11 @@ import duckdb
 from dlt.pipeline.exceptions import PipelineStepFailed
 
 from sources.posthog import ENDPOINTS, SettingsError
-from sources.posthog.client import REGION_HOSTS, PostHogError
+from sources.posthog.client import REGION_HOSTS
+from sources.posthog.errors import PostHogError
 
 from .destinations import DestinationError, step_failure
+from .hints import with_hint
 from .output import echo, print_table
 from .runner import AlreadyRunning, Interrupted, Interruption, SyncOptions, UsageError, run_sync
 
@@ -238,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         if isinstance(error, PostHogError):
-            shown = str(error)
+            shown = with_hint(str(error), error)
         elif isinstance(error, PipelineStepFailed):
             shown = step_failure(error)
         else:

@@ -30,12 +30,14 @@ from sources.posthog import (
     session_of,
 )
 from sources.posthog.arrow import SchemaViolation
-from sources.posthog.client import AuthError, ClientStats, NotPostHog, PostHogError, ProjectNotFound
+from sources.posthog.client import ClientStats
+from sources.posthog.errors import AuthError, NotPostHog, PostHogError, ProjectNotFound
 from sources.posthog.report import REPORT_COLUMNS, REPORT_TABLE
 from sources.posthog.settings import Clock
 from sources.posthog.sync import DELETED, child_table, parent_column
 
 from .destinations import check_destination, resolve_destination
+from .hints import with_hint
 from .output import echo, print_table
 from .parquet import compact_table
 from .progress import SyncProgress, default_mode
@@ -176,7 +178,7 @@ class SyncResult:
             where = f"{run.resource} project {run.project_id}"
             if run.status in ("skipped", "incomplete"):
                 unproven = f" ({run.unproven} rows unproven)" if run.unproven else ""
-                found.append(f"{where} {run.status}{unproven}: {run.reason}")
+                found.append(with_hint(f"{where} {run.status}{unproven}: {run.reason}", run.error))
             elif run.unproven:
                 found.append(
                     f"{where}: {run.unproven} rows unproven (PostHog counted {run.api_count}, "

@@ -148,13 +148,17 @@ def test_quiet_prints_errors_only(
 def test_a_key_from_the_other_region_gets_a_hint() -> None:
     import httpx
 
-    from sources.posthog.client import AuthError, PostHogClient
+    from pipelines.hints import with_hint
+    from sources.posthog.client import PostHogClient
+    from sources.posthog.errors import AuthError
 
     client = PostHogClient("eu", "phx_us_key", transport=httpx.MockTransport(
         lambda r: httpx.Response(401, json={"detail": "Personal API key found in request Authorization header is "
                                                       "invalid."})))
-    with pytest.raises(AuthError, match="if the key was made on US Cloud, use --host us"):
+    with pytest.raises(AuthError, match="may have been made on US Cloud") as raised:
         client.get("/api/projects/1/subscriptions/")
+    assert "--" not in str(raised.value)  # the source states the fact; the CLI names the flag
+    assert with_hint(str(raised.value), raised.value).endswith("made on US Cloud (use --host us)")
 
 
 def test_pacing_defaults_to_the_strictest_plan_on_posthog_cloud_only() -> None:

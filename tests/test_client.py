@@ -9,15 +9,17 @@ import httpx
 import orjson
 import pytest
 
-from sources.posthog.client import (
+from sources.posthog.client import PostHogClient
+from sources.posthog.endpoints import SUBSCRIPTIONS
+from sources.posthog.errors import (
     AuthError,
     NotPostHog,
     PagingError,
-    PostHogClient,
     PostHogError,
     ProjectNotFound,
     ResourceUnavailable,
 )
+from sources.posthog.report import SyncReport
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -111,8 +113,9 @@ def test_keyset_cursor_is_used_when_the_server_offers_it() -> None:
 def test_errors_become_one_clear_line(status: int, body: dict[str, str], error: type, words: str) -> None:
     seen: list[httpx.Request] = []
     client = client_for(lambda r: httpx.Response(status, content=orjson.dumps(body)), seen)
+    job = SyncReport().job(SUBSCRIPTIONS, 1)
     with pytest.raises(error) as raised:
-        client.get("/api/projects/1/subscriptions/")
+        client.get(job.path, job=job)
     assert words in str(raised.value)
     assert "\n" not in str(raised.value) and "phx_test" not in str(raised.value)
     assert len(seen) == 1  # not retried

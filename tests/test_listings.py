@@ -16,7 +16,7 @@ from pipelines.runner import SyncOptions, _destination, run_sync
 from sources.posthog.client import PostHogClient
 from sources.posthog.endpoints import PROPERTY_DEFINITIONS, SUBSCRIPTIONS, Endpoint
 from sources.posthog.report import ResourceRun, SyncReport
-from sources.posthog.sync import Context, Listing, _full_listing, list_path
+from sources.posthog.sync import Context, Listing, _full_listing
 
 from .conftest import PROJECTS, query, requests_to, sync
 from .test_sync import assert_no_duplicates
@@ -58,10 +58,8 @@ def _listing(fake: FakePostHog, endpoint: Endpoint, size: int, params: dict[str,
     client = PostHogClient("http://fake.test", fake.api_key, transport=_in_process(fake), backoff_s=0, max_attempts=2)
     ctx = Context(client=client, report=SyncReport(), lookback=timedelta(days=1), initial_date_from="2020-01-01",
                   page_sizes={endpoint.name: size})
-    run = ctx.report.run(1, endpoint.name)
-    with client.counting(run):
-        listing = _full_listing(endpoint, ctx, list_path(endpoint, 1), {**endpoint.params, **(params or {})}, run)
-    return listing, run
+    job = ctx.report.job(endpoint, 1)
+    return _full_listing(job, ctx, {**endpoint.params, **(params or {})}), job.run
 
 
 OPS = st.lists(st.tuples(st.integers(0, 40), st.sampled_from(["insert", "soft_delete", "delete", "touch"]),

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from fake_posthog import FakePostHog, FakeRequest
 from pipelines.runner import SyncOptions
 from sources.posthog import sync as sync_module
-from sources.posthog.client import PostHogClient, QueryTooBig
+from sources.posthog.client import PostHogClient
 from sources.posthog.endpoints import RECORDINGS
+from sources.posthog.errors import QueryTooBig, TransientError
 from sources.posthog.report import SyncReport
 from sources.posthog.sync import Context, parse_time, read_date_from
 
@@ -48,10 +49,9 @@ def read(fake: FakePostHog, url: str, state: dict[str, Any], page_size: int) -> 
                   page_sizes={"session_recordings": page_size})
     rows: list[dict[str, Any]] = []
     try:
-        with client.counting(ctx.report.run(1, RECORDINGS.name)):
-            for item in read_date_from(RECORDINGS, ctx, 1, state):
-                if item.meta.hints["table_name"] == RECORDINGS.name:
-                    rows.extend(item.data.to_pylist())
+        for item in read_date_from(ctx.report.job(RECORDINGS, 1, state), ctx):
+            if item.meta.hints["table_name"] == RECORDINGS.name:
+                rows.extend(item.data.to_pylist())
     finally:
         client.close()
     for row in rows:  # Arrow gives datetimes; compare like the landed rows
@@ -260,11 +260,15 @@ def test_504_elsewhere_stays_a_transient_retry() -> None:
     assert client.get("/api/projects/1/subscriptions/", {"limit": 100}) == {"ok": 1}
     assert [str(r.url) for r in seen][0] == str(seen[1].url)  # the same request again: a proxy hiccup
     body = orjson.dumps({"type": "throttled_error", "detail": "Query timeout exceeded. Try again later."})
-    recordings = PostHogClient("http://127.0.0.1:9", "phx_t", max_attempts=3,
+    recordings = PostHogClient("http://127.0.0.1:9", "phx_t", max_attempts=3, backoff_s=0.001,
                                transport=httpx.MockTransport(lambda r: httpx.Response(429, content=body)))
+    job = SyncReport().job(RECORDINGS, 1)
     with pytest.raises(QueryTooBig):
-        recordings.get(LIST, {"limit": 100})
+        recordings.get(job.path, {"limit": 100}, job)
     assert recordings.stats.requests == 1  # not retried as it is
+    with pytest.raises(TransientError):  # the same answer elsewhere is retried
+        recordings.get("/api/projects/1/subscriptions/", {"limit": 100})
+    assert recordings.stats.requests == 4
 
 
 @pytest.mark.parametrize("server", list(SERVERS))

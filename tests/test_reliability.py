@@ -16,8 +16,11 @@ import pytest
 from fake_posthog import FakePostHog, FakeRequest
 from pipelines.cli import main
 from pipelines.runner import SyncOptions, run_sync
-from sources.posthog.client import BudgetExhausted, NotPostHog, PostHogClient
+from sources.posthog.client import PostHogClient
+from sources.posthog.endpoints import RECORDINGS, SUBSCRIPTIONS
+from sources.posthog.errors import BudgetExhausted, NotPostHog
 from sources.posthog.pacing import Pacer
+from sources.posthog.report import SyncReport
 
 from .conftest import query, requests_to, sync
 from .test_sync import assert_matches_truth, assert_no_duplicates, landed_rows, truth_rows
@@ -37,17 +40,16 @@ class FakeClock:
 
 def test_pacer_mirrors_the_free_plan_recordings_limits() -> None:
     pacer, now = Pacer("free"), 0.0
-    path = "/api/projects/1/session_recordings/"
     waits = []
     for _ in range(61):
-        wait, window = pacer.wait(path, now)
+        wait, window = pacer.wait(RECORDINGS.buckets, now)
         waits.append((round(wait), window.name if window else None))
         now += wait
-        pacer.take(path, now)
+        pacer.take(RECORDINGS.buckets, now)
     assert waits[:12] == [(0, None)] * 12
     assert waits[12] == (60, "minute")  # the 13th call of the first minute waits for it to pass
     assert waits[60][1] == "hourly" and now >= 3600  # the 61st of the hour waits for the hour
-    assert pacer.wait("/api/projects/1/subscriptions/", now)[0] == 0  # other endpoints: their own bucket
+    assert pacer.wait(SUBSCRIPTIONS.buckets, now)[0] == 0  # other endpoints: their own bucket
 
 
 def test_client_waits_for_the_budget_and_stops_cleanly_past_the_maximum(caplog: pytest.LogCaptureFixture) -> None:
@@ -56,16 +58,17 @@ def test_client_waits_for_the_budget_and_stops_cleanly_past_the_maximum(caplog: 
     client = PostHogClient("http://127.0.0.1:9", "phx_k", pacer=Pacer("free"), clock=lambda: clock.now,
                            sleep=clock.sleep, max_wait_s=7200,
                            transport=httpx.MockTransport(lambda r: httpx.Response(200, content=body)))
+    job = SyncReport().job(RECORDINGS, 1)
     for _ in range(61):
-        client.get("/api/projects/1/session_recordings/", {"limit": 1})
-    assert client.stats.requests == 61 and clock.now - 1000 >= 3600
+        client.get(job.path, {"limit": 1}, job)
+    assert client.stats.requests == job.run.requests == 61 and clock.now - 1000 >= 3600
     assert "session_recordings: hourly request limit reached, waiting" in caplog.text
     client.max_wait_s = 120
     for _ in range(12):
-        client.get("/api/projects/1/session_recordings/")
+        client.get(job.path, job=job)
     with pytest.raises(BudgetExhausted, match="rerun later to continue"):
         for _ in range(60):
-            client.get("/api/projects/1/session_recordings/")
+            client.get(job.path, job=job)
 
 
 def test_a_paced_run_stops_cleanly_and_the_next_run_continues(fake: FakePostHog, options: SyncOptions) -> None:

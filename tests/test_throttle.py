@@ -15,8 +15,11 @@ from hypothesis import strategies as st
 from fake_posthog import FakePostHog, FakeRequest
 from pipelines.runner import SyncOptions, SyncResult, print_rate_buckets, run_sync
 from sources.posthog import ENDPOINTS
-from sources.posthog.client import BudgetExhausted, PostHogClient
-from sources.posthog.pacing import Pacer
+from sources.posthog.client import PostHogClient
+from sources.posthog.endpoints import RECORDINGS, SUBSCRIPTIONS
+from sources.posthog.errors import BudgetExhausted
+from sources.posthog.pacing import GENERAL, Pacer
+from sources.posthog.report import SyncReport
 
 from .conftest import NOW, PROJECTS
 from .test_reliability import FakeClock
@@ -50,8 +53,15 @@ def run(fake: FakePostHog, folder: Path, clock: FakeClock, *, plan: str = "none"
     return result
 
 
+def buckets_of(request: FakeRequest) -> tuple[str, ...]:
+    """The rate buckets a request the fake saw spends: those of the endpoint it lists (or reads a row of)."""
+    parts = [p for p in request.path.split("/") if p]
+    named = [e.buckets for e in ENDPOINTS.values() if len(parts) > 3 and parts[3] == e.path]
+    return named[0] if named else GENERAL
+
+
 def bucket_of(request: FakeRequest) -> str:
-    return Pacer("none").buckets_for(request.path)[-1].name
+    return buckets_of(request)[-1]
 
 
 def assert_counts_match_the_fake(result: SyncResult, fake: FakePostHog) -> None:
@@ -61,7 +71,7 @@ def assert_counts_match_the_fake(result: SyncResult, fake: FakePostHog) -> None:
     assert sum(r.throttled for r in runs) == throttled
     assert result.client_stats is not None
     for name, bucket in result.client_stats.buckets.items():
-        mine = [r for r in fake.requests if name in [b.name for b in Pacer("none").buckets_for(r.path)]]
+        mine = [r for r in fake.requests if name in buckets_of(r)]
         assert bucket.requests == len(mine), name
         assert bucket.throttled == sum(r.status == 429 for r in fake.requests if bucket_of(r) == name), name
 
@@ -153,7 +163,7 @@ def test_a_429_wait_beyond_max_wait_stops_the_resource_cleanly_keeping_its_rows(
     assert result.ok  # stopping on the budget is not a failure
     for project in PROJECTS:
         run_ = result.report.runs[(project, "session_recordings")]
-        assert run_.status == "incomplete" and "--max-wait" in (run_.reason or "")
+        assert run_.status == "incomplete" and "(max_wait)" in (run_.reason or "")
     loaded = landed_rows(result.options, "session_recordings")  # type: ignore[attr-defined]
     assert 0 < len(loaded) < len(truth_rows(fake, "session_recordings"))
     assert landed_rows(result.options, "subscriptions") == truth_rows(fake, "subscriptions")  # type: ignore
@@ -208,7 +218,7 @@ def test_429s_are_not_attempts_but_their_total_wait_is_bounded() -> None:
     seen.clear()
     answers = [json_429(50)] * 20
     client.max_wait_s = 120
-    with pytest.raises(BudgetExhausted, match="--max-wait"):
+    with pytest.raises(BudgetExhausted, match=r"\(max_wait\)"):
         client.get("/api/projects/1/subscriptions/")
     assert len(seen) == 3  # waited 51 s twice; a third wait would pass 120 s
 
@@ -230,7 +240,8 @@ def test_retry_after_is_honoured_when_the_body_has_no_number() -> None:
     answers = [json_429(None, retry_after="41"), OK]
     client = PostHogClient("http://127.0.0.1:9", "phx_k", clock=lambda: clock.now, sleep=clock.sleep,
                            transport=httpx.MockTransport(lambda r: seen.append(r) or answers[len(seen) - 1]))
-    client.get("/api/projects/1/session_recordings/")
+    job = SyncReport().job(RECORDINGS, 1)
+    client.get(job.path, job=job)
     assert clock.slept == [pytest.approx(42, abs=0.01)]
 
 
@@ -265,12 +276,12 @@ def test_a_competitor_spends_the_same_budget(fake: FakePostHog, server: str) -> 
 
 def test_the_summary_names_the_buckets_that_were_throttled(capsys: pytest.CaptureFixture[str]) -> None:
     pacer = Pacer("free")
-    pacer.take("/api/projects/1/subscriptions/", 0.0)
+    pacer.take(SUBSCRIPTIONS.buckets, 0.0)
     for t in range(5):
-        pacer.take("/api/projects/1/session_recordings/", float(t))
+        pacer.take(RECORDINGS.buckets, float(t))
         if t < 4:
-            pacer.answered("/api/projects/1/session_recordings/", float(t))
-    pacer.throttled("/api/projects/1/session_recordings/", 4.0, 4.5, 60.0)
+            pacer.answered(RECORDINGS.buckets, float(t))
+    pacer.throttled(RECORDINGS.buckets, 4.0, 4.5, 60.0)
     stats = PostHogClient("http://127.0.0.1:9", "phx_k", pacer=pacer).stats
     print_rate_buckets(stats)
     out = capsys.readouterr().out
@@ -287,10 +298,13 @@ def test_a_429_holds_its_own_bucket_not_the_others() -> None:
     client = PostHogClient(
         "http://127.0.0.1:9", "phx_k", clock=lambda: 1000.0, sleep=slept.append,  # time stands still
         transport=httpx.MockTransport(lambda r: answers[r.url.path.split("/")[4]].pop(0)))
-    client.get("/api/projects/1/session_recordings/")
+    report = SyncReport()
+    recordings, subscriptions = report.job(RECORDINGS, 1), report.job(SUBSCRIPTIONS, 1)
+    client.get(recordings.path, job=recordings)
     assert slept == [pytest.approx(601)]
-    client.get("/api/projects/1/subscriptions/")
+    client.get(subscriptions.path, job=subscriptions)
     assert slept == [pytest.approx(601)]  # general went out at once
-    client.get("/api/projects/1/session_recordings/")
+    client.get(recordings.path, job=recordings)
     assert len(slept) == 2 and slept[1] == pytest.approx(601)  # the listing still waits for its 429
     assert client.stats.buckets["recordings_list"].throttled == 1 and client.stats.buckets["general"].throttled == 0
+    assert (recordings.run.requests, recordings.run.throttled, subscriptions.run.requests) == (3, 1, 1)

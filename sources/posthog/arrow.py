@@ -116,8 +116,8 @@ def _column(table: str, name: str, values: list[Any], ctype: ColumnType) -> pa.A
                 shown = repr(value)[:60]
                 raise SchemaViolation(
                     f"{table}.{name}: declared {ctype}, but PostHog sent {type(value).__name__} "
-                    f"{shown}; nothing of {table} was loaded. Use --schema-contract evolve only for new "
-                    "columns: a changed type needs a declaration change in sources/posthog/endpoints.py"
+                    f"{shown}; nothing of {table} was loaded. Evolving the schema adds new columns only: a "
+                    "changed type needs a declaration change in sources/posthog/endpoints.py"
                 ) from None
         raise
 

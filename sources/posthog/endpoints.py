@@ -1,8 +1,9 @@
 """The endpoint table: one entry per exported PostHog list endpoint.
 
-Everything the generic sync code needs to know about an endpoint lives here as data: its path, paging
-shape, fixed query parameters, how it syncs incrementally, its primary key, its declared columns and the
-lists inside its rows that become child tables. API facts are in `shared/posthog-api.md`.
+Everything the generic code needs to know about an endpoint lives here as data: its path, paging shape,
+fixed query parameters, how it syncs incrementally, the rate buckets it spends, its primary key, its
+declared columns and the lists inside its rows that become child tables. API facts are in
+`shared/posthog-api.md`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+
+from .pacing import GENERAL
 
 # Declared column types use dlt's data type names; `json` columns hold nested objects as JSON.
 ColumnType = Literal["text", "bigint", "double", "bool", "timestamp", "json"]
@@ -44,9 +47,13 @@ class Endpoint:
     sync: SyncMode
     primary_key: tuple[str, ...]
     columns: Mapping[str, ColumnType]
-    scope: str
     params: Mapping[str, str] = field(default_factory=dict)
     cursor: str | None = None
+    # the key's rate buckets a request counts against; the last one is blamed for its 429s (§5)
+    buckets: tuple[str, ...] = GENERAL
+    # 504/512/513 and ClickHouse's wait-less 429s mean the query was too big: ask for smaller pages or
+    # narrower date windows, never the same again (§6)
+    too_big: bool = False
     page_size: int = 100
     detail: bool = False  # list rows are minimal: fetch `<path>/<id>/` for the full record
     children: Mapping[str, Child] = field(default_factory=dict)
@@ -58,8 +65,15 @@ class Endpoint:
     final_statuses: tuple[str, ...] = ()
     # scan parameters the rows do not echo back, stored as columns (property type, §7.5)
     scan_tags: tuple[str, ...] = ()
-    # rows crossing the date_from edge come back partial and must not replace complete ones (§7.1)
+    # rows crossing the date_from edge come back partial and must not replace complete ones (§7.1):
+    # a row spans `cursor` to `end` and may still grow while `ongoing` is not false; partial rows are
+    # read again whole by `reread`, a parameter taking a JSON list of ids
     partial_at_edge: bool = False
+    end: str | None = None
+    ongoing: str | None = None
+    reread: str | None = None
+    # scans with type `group` expand to one per group type index this path lists (§7.5)
+    group_types: str | None = None
     # full listings: (parameter, field) asking the server to sort ascending on a field rows never change;
     # servers that ignore the parameter are detected (sync.py `_honours_ordering`)
     ordering: tuple[str, str] | None = None
@@ -85,9 +99,14 @@ RECORDINGS = Endpoint(
     path="session_recordings",
     paging="has_next",
     sync="date_from",
-    scope="session_recording:read",
     primary_key=("id",),
     cursor="start_time",
+    end="end_time",
+    ongoing="ongoing",
+    reread="session_ids",
+    # the ClickHouse-backed listing has its own tier besides the analytics bucket (§5)
+    buckets=("analytics", "recordings_list"),
+    too_big=True,
     # no API cap (HogQL stops at 50,000); list calls are the scarce budget (60/h on free plans), and a
     # page that hits the 60 s query timeout is retried at half the size
     page_size=10_000,
@@ -132,7 +151,6 @@ SUMMARIES = Endpoint(
     path="session_group_summaries",
     paging="drf",
     sync="date_from",
-    scope="session_recording:read",
     primary_key=("id",),
     cursor="created_at",
     detail=True,
@@ -156,7 +174,6 @@ DESKTOP = Endpoint(
     path="desktop_recordings",
     paging="drf",
     sync="watermark",
-    scope="desktop_recording:read",
     primary_key=("id",),
     cursor="started_at",
     final_statuses=("ready", "error"),
@@ -204,7 +221,6 @@ SUBSCRIPTIONS = Endpoint(
     path="subscriptions",
     paging="drf",
     sync="full",
-    scope="subscription:read",
     primary_key=("id",),
     # soft-deleted rows are hidden unless asked for, and `deleted=true` returns only them (§7.4)
     scans=({}, {"deleted": "true"}),
@@ -243,7 +259,6 @@ PROPERTY_DEFINITIONS = Endpoint(
     path="property_definitions",
     paging="drf",
     sync="full",
-    scope="property_definition:read",
     # `type`/`group_type_index` are not in the rows: we tag them (§7.5). The index is null unless
     # type is group, so it cannot be in a dlt key: `listing` (`event`, `group/1`, ...) names the scan.
     # Virtual ids repeat across listings, so the key is (listing, id).
@@ -251,6 +266,7 @@ PROPERTY_DEFINITIONS = Endpoint(
     late_key=("listing",),  # added 2026-12
     scan_tags=("type", "group_type_index"),
     delete_missing=True,
+    group_types="groups_types",
     scans=(
         {"type": "event"},
         {"type": "person"},

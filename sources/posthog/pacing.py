@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 MINUTE, HOUR = 60.0, 3600.0
+GENERAL: tuple[str, ...] = ("general",)  # the buckets of requests no endpoint claims (project lists, probes)
 # per key: the listing tier of session recordings depends on the organisation's plan
 PLANS: dict[str, tuple[int, int]] = {"free": (12, 60), "paid": (60, 300), "enterprise": (100, 400)}
 DEFAULT_LIMITS: dict[str, tuple[int, int]] = {"general": (480, 4800), "analytics": (240, 1200)}
@@ -175,44 +176,33 @@ class Pacer:
         """Per bucket: requests, 429s, pacing time and the rate learned (live objects)."""
         return {name: bucket.stats for name, bucket in self.buckets.items()}
 
-    def buckets_for(self, path: str) -> list[Bucket]:
-        """The buckets a GET of `path` counts against; the last one is the one its 429s are blamed on."""
-        if recordings_list(path):
-            return [self.buckets["analytics"], self.buckets["recordings_list"]]
-        parts = [p for p in path.split("/") if p]
-        if len(parts) > 4 and parts[3] == "session_recordings":
-            return [self.buckets["analytics"]]
-        return [self.buckets["general"]]
+    def buckets_for(self, names: Sequence[str]) -> list[Bucket]:
+        """The buckets named (an endpoint's `buckets`); the last one is the one its 429s are blamed on."""
+        return [self.buckets[name] for name in names]
 
-    def wait(self, path: str, now: float) -> tuple[float, Window | None]:
-        """Seconds to wait before GET `path` fits every published window, and the binding window."""
-        waits = [bucket.wait(now) for bucket in self.buckets_for(path)]
+    def wait(self, names: Sequence[str], now: float) -> tuple[float, Window | None]:
+        """Seconds to wait before a request on these buckets fits every published window, and the binding window."""
+        waits = [bucket.wait(now) for bucket in self.buckets_for(names)]
         return max(waits, key=lambda w: w[0], default=(0.0, None))
 
-    def delay(self, path: str, now: float) -> tuple[float, str]:
-        """Seconds to wait before GET `path` may go out, for any reason, and the reason for messages."""
-        return max((bucket.delay(now) for bucket in self.buckets_for(path)), key=lambda d: d[0])
+    def delay(self, names: Sequence[str], now: float) -> tuple[float, str]:
+        """Seconds to wait before a request on these buckets may go out, for any reason, and the reason."""
+        return max((bucket.delay(now) for bucket in self.buckets_for(names)), key=lambda d: d[0])
 
-    def take(self, path: str, now: float) -> None:
-        """Record a GET of `path` sent at `now`."""
-        for bucket in self.buckets_for(path):
+    def take(self, names: Sequence[str], now: float) -> None:
+        """Record a request on these buckets sent at `now`."""
+        for bucket in self.buckets_for(names):
             bucket.take(now)
 
-    def answered(self, path: str, sent_at: float) -> None:
-        """A GET of `path` sent at `sent_at` was answered with something other than a 429."""
-        for bucket in self.buckets_for(path):
+    def answered(self, names: Sequence[str], sent_at: float) -> None:
+        """A request on these buckets sent at `sent_at` was answered with something other than a 429."""
+        for bucket in self.buckets_for(names):
             bucket.answered(sent_at)
 
-    def throttled(self, path: str, sent_at: float, now: float, wait_s: float) -> None:
-        """A GET of `path` sent at `sent_at` got a 429 at `now` saying to wait `wait_s`."""
-        buckets = self.buckets_for(path)
+    def throttled(self, names: Sequence[str], sent_at: float, now: float, wait_s: float) -> None:
+        """A request on these buckets sent at `sent_at` got a 429 at `now` saying to wait `wait_s`."""
+        buckets = self.buckets_for(names)
         for bucket in buckets:
             bucket.forget(sent_at)
         # the body does not name the bucket: blame the narrowest one (the recordings listing tier)
         buckets[-1].throttled(sent_at, now, wait_s)
-
-
-def recordings_list(path: str) -> bool:
-    """`/api/projects/:id/session_recordings/`: the ClickHouse-backed listing with its own tier (§5, §6)."""
-    parts = [p for p in path.split("/") if p]
-    return len(parts) == 4 and parts[3] == "session_recordings"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
 from .arrow import dlt_columns
+from .endpoints import Endpoint
 
 REPORT_TABLE = "_sync_report"
 REPORT_COLUMNS = dlt_columns({
@@ -47,6 +48,29 @@ class ResourceRun:
     duration_s: float = 0.0
     status: str = "ok"  # ok | skipped | incomplete | failed
     reason: str | None = None
+    error: Exception | None = field(default=None, repr=False, compare=False)  # what stopped it, not stored
+
+
+@dataclass
+class Job:
+    """One endpoint of one project in one run: what its requests are for, where they count, its state.
+
+    Created once per (endpoint, project) and handed to the readers and to every client call they make.
+    """
+
+    endpoint: Endpoint
+    project_id: int
+    run: ResourceRun
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        """The endpoint's list path for the project (always `/api/projects/`, shared/posthog-api.md §2)."""
+        return f"/api/projects/{self.project_id}/{self.endpoint.path}/"
+
+
+# the fields of a run that `_sync_report` stores (`error` is for messages only)
+_STORED = [f for f in fields(ResourceRun) if f.name != "error"]
 
 
 @dataclass
@@ -77,20 +101,23 @@ class SyncReport:
             self._clock[key] = time.monotonic()
         return self.runs[key]
 
-    def finish(self, project_id: int, resource: str) -> None:
+    def job(self, endpoint: Endpoint, project_id: int, state: dict[str, Any] | None = None) -> Job:
+        """The job of one project's endpoint, counted on its run (created on first use)."""
+        return Job(endpoint, project_id, self.run(project_id, endpoint.name), {} if state is None else state)
+
+    def finish(self, run: ResourceRun) -> None:
         """Stop the clock of one project's resource."""
-        key = (project_id, resource)
-        self.run(project_id, resource).duration_s = round(time.monotonic() - self._clock[key], 3)
+        run.duration_s = round(time.monotonic() - self._clock[(run.project_id, run.resource)], 3)
 
     def rows(self) -> list[dict[str, Any]]:
         """Rows for the `_sync_report` table."""
-        return [{"run_started_at": self.started_at, **asdict(r)} for r in self.runs.values()]
+        return [self._row(run) for run in self.runs.values()]
 
     def written(self, resource: str) -> list[dict[str, Any]]:
         """The `_sync_report` rows of one resource, which its load carries; marked as sent."""
         keys = [key for key in self.runs if key[1] == resource]
         self._written.update(keys)
-        return [{"run_started_at": self.started_at, **asdict(self.runs[key])} for key in keys]
+        return [self._row(self.runs[key]) for key in keys]
 
     def failed(self, resource: str, reason: str, project_ids: list[int]) -> None:
         """Mark a resource failed in every project: its load committed nothing, its rows are unwritten."""
@@ -102,3 +129,6 @@ class SyncReport:
     def unwritten(self) -> list[dict[str, Any]]:
         """Rows of runs no committed load carried (a failed resource): loaded on their own."""
         return [row for row in self.rows() if (row["project_id"], row["resource"]) not in self._written]
+
+    def _row(self, run: ResourceRun) -> dict[str, Any]:
+        return {"run_started_at": self.started_at, **{f.name: getattr(run, f.name) for f in _STORED}}

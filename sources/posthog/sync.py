@@ -22,25 +22,19 @@ import orjson
 import pyarrow as pa
 
 from .arrow import Drift, dlt_columns, to_arrow
-from .client import (
-    BudgetExhausted,
-    PostHogClient,
-    PostHogError,
-    QueryLimits,
-    QueryTooBig,
-    ResourceUnavailable,
-    TransientError,
-)
+from .client import PostHogClient
 from .endpoints import MERGE, ColumnType, Endpoint
+from .errors import BudgetExhausted, PostHogError, QueryTooBig, ResourceUnavailable, TransientError
 from .feed import Feed
-from .report import ResourceRun, SyncReport
+from .paging import QueryLimits
+from .report import Job, ResourceRun, SyncReport
 
 logger = logging.getLogger("posthog_export")
 
 ROW = dict[str, Any]
 GROUP_TYPES_LIMIT = 5  # group_type_index is 0..4 (shared/posthog-api.md §7.5)
 DETAIL_WORKERS = 8  # concurrent `/:id/` reads; the client's rate budget still applies
-REREAD_BATCH = 100  # recordings asked for by `session_ids` at once
+REREAD_BATCH = 100  # rows asked for again by id (`Endpoint.reread`) at once
 EDGE_MARGIN_US = 3600 * 1_000_000  # a session's parts are never this far apart (30 idle minutes end it)
 MIN_WINDOW = timedelta(minutes=15)  # narrower recordings windows than this do not get cheaper
 DELETED = "_deleted"  # set on the rows a run sends only to delete them (dlt's `hard_delete` hint)
@@ -61,7 +55,7 @@ class Context:
     # set when the run ends or fails: readers still running ahead stop
     cancelled: threading.Event = field(default_factory=threading.Event)
     # readers started before dlt reached this resource, per project (see `start_feeds`)
-    feeds: dict[int, Feed] = field(default_factory=dict)
+    feeds: dict[int, tuple[Job, Feed]] = field(default_factory=dict)
     # the recordings page size PostHog answers in time, shared by every project of the run
     query_limits: QueryLimits = field(default_factory=QueryLimits)
 
@@ -81,11 +75,6 @@ def parse_time(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def list_path(endpoint: Endpoint, project_id: int) -> str:
-    """The endpoint's list path for a project (always `/api/projects/`, shared/posthog-api.md §2)."""
-    return f"/api/projects/{project_id}/{endpoint.path}/"
-
-
 def child_table(endpoint: Endpoint, field_name: str) -> str:
     """Name of the child table for a list field, in dlt's `parent__child` convention."""
     return f"{endpoint.name}__{field_name}"
@@ -96,24 +85,23 @@ def parent_column(endpoint: Endpoint) -> str:
     return f"{endpoint.name.removesuffix('s')}_id"
 
 
-def emit(endpoint: Endpoint, ctx: Context, run: ResourceRun, rows: list[ROW]) -> Iterator[Any]:
+def emit(job: Job, ctx: Context, rows: list[ROW]) -> Iterator[Any]:
     """Yield one page as Arrow: the endpoint's table and one table per child list."""
-    yield from page_items(endpoint, ctx, run, rows)[1]
+    yield from page_items(job, ctx, rows)[1]
 
 
-def page_items(
-    endpoint: Endpoint, ctx: Context, run: ResourceRun, rows: list[ROW]
-) -> tuple[pa.Table | None, list[Any]]:
+def page_items(job: Job, ctx: Context, rows: list[ROW]) -> tuple[pa.Table | None, list[Any]]:
     """One page as the endpoint's Arrow table plus the items to yield to dlt (it and its children)."""
     if not rows:
         return None, []
+    endpoint = job.endpoint
     columns: dict[str, ColumnType] = {"project_id": "bigint", **endpoint.columns}
     if endpoint.delete_missing:
         columns[DELETED] = "bool"
     table = to_arrow(
         endpoint.name, rows, columns, drift=ctx.drift, evolve=ctx.evolve, elsewhere=endpoint.children
     )
-    run.rows_loaded += table.num_rows
+    job.run.rows_loaded += table.num_rows
     # hints as a table variant: dlt starts child variants from the resource's hints, and the
     # parent's declared columns must not leak into child tables
     hints = dlt_columns(columns, endpoint.key)
@@ -162,23 +150,21 @@ def _dedupe(rows: Iterable[ROW], seen: set[Any], key: tuple[str, ...]) -> list[R
     return fresh
 
 
-def _fetch_details(endpoint: Endpoint, ctx: Context, project_id: int, rows: list[ROW]) -> list[ROW]:
+def _fetch_details(job: Job, ctx: Context, rows: list[ROW]) -> list[ROW]:
     """Enrich list rows with their full records (`/:id/`), several at a time.
 
     The detail row is merged onto the list row, never replaces it: PostHog's retrieve serializer can
     lack list fields (group summaries have no `session_count` there, shared/posthog-api.md §7.2).
     """
-    run = ctx.report.run(project_id, endpoint.name)
 
     def fetch(row: ROW) -> ROW | None:
-        with ctx.client.counting(run):
-            try:
-                return {**row, **ctx.client.get(f"{list_path(endpoint, project_id)}{row['id']}/")}
-            except ResourceUnavailable as error:
-                if error.status != 404:
-                    raise
-                logger.info("%s %s vanished while syncing; skipped", endpoint.name, row["id"])
-                return None
+        try:
+            return {**row, **ctx.client.get(f"{job.path}{row['id']}/", job=job)}
+        except ResourceUnavailable as error:
+            if error.status != 404:
+                raise
+            logger.info("%s %s vanished while syncing; skipped", job.endpoint.name, row["id"])
+            return None
 
     with ThreadPoolExecutor(max_workers=DETAIL_WORKERS) as pool:
         return [full for full in pool.map(fetch, rows) if full is not None]
@@ -186,6 +172,13 @@ def _fetch_details(endpoint: Endpoint, ctx: Context, project_id: int, rows: list
 
 def _epoch_us(table: pa.Table, column: str) -> list[int | None]:
     return table.column(column).cast(pa.int64()).to_pylist()
+
+
+def _end_us(endpoint: Endpoint, row: ROW) -> int | None:
+    """Where a row's span ends (µs), or None while it may still grow (ongoing, or no end yet)."""
+    end = row.get(endpoint.end) if endpoint.end else None
+    ongoing = row.get(endpoint.ongoing) if endpoint.ongoing else False
+    return None if ongoing is not False or not end else _us(end)
 
 
 @dataclass
@@ -196,19 +189,19 @@ class _Window:
     edge: dict[str, int] = field(default_factory=dict)
     held: dict[str, ROW] = field(default_factory=dict)
 
-    def hold(self, rows: list[ROW], date_to_us: int) -> list[ROW]:
+    def hold(self, endpoint: Endpoint, rows: list[ROW], date_to_us: int) -> list[ROW]:
         """Keep back rows that may run past `date_to` (cut there, §7.1); return the others."""
         out = []
         for row in rows:
-            end = row.get("end_time")
-            if row.get("ongoing") is not False or not end or _us(end) >= date_to_us - EDGE_MARGIN_US:
+            end = _end_us(endpoint, row)
+            if end is None or end >= date_to_us - EDGE_MARGIN_US:
                 self.held[row["id"]] = row
             else:
                 out.append(row)
         return out
 
 
-def read_date_from(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Iterator[Any]:
+def read_date_from(job: Job, ctx: Context) -> Iterator[Any]:
     """Server-side incremental: `date_from` = last cursor minus the lookback, merged on key.
 
     Recordings that straddle a window's edge come back partial (§7.1): at the lower edge with a later
@@ -217,19 +210,19 @@ def read_date_from(endpoint: Endpoint, ctx: Context, project_id: int, state: dic
     A recordings query too big for ClickHouse (§6) is asked for in smaller pages, then narrower windows;
     the page size that worked is kept in state for the next run.
     """
-    run = ctx.report.run(project_id, endpoint.name)
+    endpoint, state = job.endpoint, job.state
     cursor = state.get("cursor")
     date_from = iso(parse_time(cursor) - ctx.lookback) if cursor else ctx.initial_date_from
     limits = None
-    if endpoint.partial_at_edge:  # ClickHouse-backed: too-big queries are asked for in smaller pieces
+    if endpoint.too_big:  # ClickHouse-backed: too-big queries are asked for in smaller pieces
         limits = ctx.query_limits
         limits.start(ctx.page_size(endpoint), state.get("page_size"))
     known: dict[str, int] = state.get("edge", {})
     window = _Window(int(parse_time(cursor).timestamp() * 1_000_000) if cursor else None)
     try:
-        yield from _read_windows(endpoint, ctx, project_id, date_from, limits, known, window)
+        yield from _read_windows(job, ctx, date_from, limits, known, window)
     except (BudgetExhausted, QueryTooBig) as error:
-        _stopped(run, error)
+        _stopped(job.run, error)
         if not endpoint.ascending:
             return  # newest first: rows not read yet are older than the cursor would claim
         window.edge.update((k, v) for k, v in known.items() if k not in window.edge)
@@ -243,22 +236,20 @@ def read_date_from(endpoint: Endpoint, ctx: Context, project_id: int, state: dic
 
 
 def _stopped(run: ResourceRun, error: PostHogError) -> None:
-    run.status, run.reason = "incomplete", str(error)
+    run.status, run.reason, run.error = "incomplete", str(error), error
     logger.warning("%s project %s: %s", run.resource, run.project_id, error)
 
 
 def _read_windows(
-    endpoint: Endpoint, ctx: Context, project_id: int, date_from: str, limits: QueryLimits | None,
-    known: dict[str, int], window: _Window,
+    job: Job, ctx: Context, date_from: str, limits: QueryLimits | None, known: dict[str, int], window: _Window,
 ) -> Iterator[Any]:
     """Read from `date_from` on, one date window after the other (a single one unless PostHog's query
     limits force narrower ones)."""
-    run = ctx.report.run(project_id, endpoint.name)
+    endpoint, run = job.endpoint, job.run
     lookback_us = int(ctx.lookback.total_seconds() * 1_000_000)
-    path = list_path(endpoint, project_id)
     lower, upper, span = date_from, None, timedelta(0)
     failed: timedelta | None = None  # the narrowest window that was too big
-    seen = _Seen()
+    seen = _Seen(endpoint)
     previous: set[Any] = set()
     while True:
         params = {**endpoint.params, "date_from": lower, "limit": ctx.page_size(endpoint)}
@@ -266,7 +257,7 @@ def _read_windows(
             params["date_to"] = iso(upper)
         last_start: str | None = None
         try:
-            for page, (rows, body) in enumerate(ctx.client.pages(path, params, endpoint.paging, limits)):
+            for page, (rows, body) in enumerate(ctx.client.pages(job.path, params, endpoint.paging, limits, job)):
                 if page == 0 and upper is None and lower == date_from and isinstance(body.get("count"), int):
                     run.api_count = body["count"]
                 ctx.report.fetched(run, len(rows))
@@ -280,15 +271,15 @@ def _read_windows(
                     rows = [r for r in _dedupe(rows, current, endpoint.primary_key) if (r.get("id"),) not in previous]
                     previous = current
                 if endpoint.detail:
-                    rows = _fetch_details(endpoint, ctx, project_id, rows)
+                    rows = _fetch_details(job, ctx, rows)
                 for row in rows:
-                    row["project_id"] = project_id
+                    row["project_id"] = job.project_id
                 if known and endpoint.partial_at_edge:
-                    rows = _complete_partials(endpoint, ctx, project_id, rows, known)
+                    rows = _complete_partials(job, ctx, rows, known)
                 if upper is not None:  # rows running past date_to may be cut there: read whole at the end
-                    rows = window.hold(rows, int(upper.timestamp() * 1_000_000))
+                    rows = window.hold(endpoint, rows, int(upper.timestamp() * 1_000_000))
                     seen.ends.update(dict.fromkeys(window.held))  # a cut row's end is not the session's
-                yield from _emit(endpoint, ctx, run, rows, window, lookback_us)
+                yield from _emit(job, ctx, rows, window, lookback_us)
         except QueryTooBig as error:
             if limits is None:
                 raise
@@ -304,10 +295,10 @@ def _read_windows(
             logger.warning("%s; reading windows of %s from %s", error, span, lower)
             continue
         if window.held:
-            rows = _reread(endpoint, ctx, project_id, [r for r in window.held.values()])
+            rows = _reread(job, ctx, [r for r in window.held.values()])
             window.held.clear()
-            seen.ends.update((r["id"], None if r.get("ongoing") is not False else _us(r["end_time"])) for r in rows)
-            yield from _emit(endpoint, ctx, run, rows, window, lookback_us)
+            seen.ends.update((r["id"], _end_us(endpoint, r)) for r in rows)
+            yield from _emit(job, ctx, rows, window, lookback_us)
         if upper is None:
             return
         # the next window: twice as long unless that was too big already, open once it reaches now
@@ -320,7 +311,8 @@ def _read_windows(
 class _Seen:
     """Recordings read in this run that may come back on a later page, with their end (µs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
         self.ends: dict[str, int | None] = {}
         self._mark = SEEN_KEEP
 
@@ -331,9 +323,8 @@ class _Seen:
             ident = row.get("id")
             if ident in self.ends:
                 continue
-            end = row.get("end_time")
             # an ongoing session may still grow past any later date_from
-            self.ends[ident] = None if row.get("ongoing") is not False or not end else _us(end)
+            self.ends[ident] = _end_us(self.endpoint, row)
             out.append(row)
         if len(self.ends) > self._mark and last_start:
             # a session comes back only with a part starting after the last start read (§7.1); parts of
@@ -348,17 +339,16 @@ def _us(value: str) -> int:
     return int(parse_time(value).timestamp() * 1_000_000)
 
 
-def _emit(
-    endpoint: Endpoint, ctx: Context, run: ResourceRun, rows: list[ROW], window: _Window, lookback_us: int
-) -> Iterator[Any]:
-    table, items = page_items(endpoint, ctx, run, rows)
+def _emit(job: Job, ctx: Context, rows: list[ROW], window: _Window, lookback_us: int) -> Iterator[Any]:
+    endpoint = job.endpoint
+    table, items = page_items(job, ctx, rows)
     newest = window.newest_us
     if table is not None and endpoint.cursor:
         starts = _epoch_us(table, endpoint.cursor)
         newest = max(filter(None, [newest, *starts]), default=None)
         if endpoint.partial_at_edge and newest is not None:
             floor = newest - lookback_us - 3_600_000_000
-            ends = _epoch_us(table, "end_time")
+            ends = _epoch_us(table, endpoint.end) if endpoint.end else starts
             for ident, start, end in zip(table.column("id").to_pylist(), starts, ends, strict=True):
                 if start is not None and (end or start) >= floor:
                     window.edge[ident] = start
@@ -369,9 +359,8 @@ def _emit(
     window.newest_us = newest
 
 
-def _complete_partials(
-    endpoint: Endpoint, ctx: Context, project_id: int, rows: list[ROW], known: dict[str, int]
-) -> list[ROW]:
+def _complete_partials(job: Job, ctx: Context, rows: list[ROW], known: dict[str, int]) -> list[ROW]:
+    endpoint = job.endpoint
     partial = []
     for row in rows:
         stored = known.get(row["id"])
@@ -381,22 +370,22 @@ def _complete_partials(
         return rows
     logger.info("%s: re-read %d recordings cut by the window edge", endpoint.name, len(partial))
     starts = {row["id"]: known[row["id"]] for row in partial}
-    complete = {r["id"]: r for r in _reread(endpoint, ctx, project_id, partial, starts)}
+    complete = {r["id"]: r for r in _reread(job, ctx, partial, starts)}
     # a partial row no longer returned whole is left out: the stored complete row stays as it is
     return [complete[r["id"]] if r["id"] in starts else r for r in rows if r["id"] in complete or r["id"] not in starts]
 
 
-def _reread(
-    endpoint: Endpoint, ctx: Context, project_id: int, rows: list[ROW], starts: Mapping[str, int] | None = None
-) -> list[ROW]:
-    """The rows read again whole by `session_ids`, merged over the list rows; rows not returned are left out.
+def _reread(job: Job, ctx: Context, rows: list[ROW], starts: Mapping[str, int] | None = None) -> list[ROW]:
+    """The rows read again whole by id (`endpoint.reread`, recordings' `session_ids`), merged over the list
+    rows; rows not returned are left out.
 
     Older servers apply the date window to `session_ids` too (§7.1), so each batch sends a `date_from`
     before the earliest start known. A null in the re-read (persisted recordings come from Postgres
     without `ongoing`, `activity_score`, `expiry_time`, `recording_ttl`) keeps the list row's value:
     the reader never consults the destination, and the list row is the newest value it has.
     """
-    path = list_path(endpoint, project_id)
+    endpoint = job.endpoint
+    assert endpoint.reread
     by_id = {r["id"]: r for r in rows}
     batches = [list(by_id)[i : i + REREAD_BATCH] for i in range(0, len(by_id), REREAD_BATCH)]
     out: list[ROW] = []
@@ -406,11 +395,11 @@ def _reread(
             (starts or {}).get(i) or _us(by_id[i].get(endpoint.cursor) or ctx.initial_date_from) for i in ids
         )
         params = {
-            **endpoint.params, "session_ids": orjson.dumps(ids).decode(), "limit": len(ids),
+            **endpoint.params, endpoint.reread: orjson.dumps(ids).decode(), "limit": len(ids),
             "date_from": iso(datetime.fromtimestamp(earliest / 1_000_000, UTC) - timedelta(days=1)),
         }
         try:
-            fetched = [r for page, _ in ctx.client.pages(path, params, endpoint.paging) for r in page]
+            fetched = [r for page, _ in ctx.client.pages(job.path, params, endpoint.paging, job=job) for r in page]
         except QueryTooBig:
             if len(ids) == 1:
                 raise
@@ -419,29 +408,28 @@ def _reread(
         for row in fetched:
             if row.get("id") in by_id:
                 listed = by_id.pop(row["id"])
-                out.append({**listed, **{k: v for k, v in row.items() if v is not None}, "project_id": project_id})
+                out.append({**listed, **{k: v for k, v in row.items() if v is not None}, "project_id": job.project_id})
     return out
 
 
-def read_watermark(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Iterator[Any]:
+def read_watermark(job: Job, ctx: Context) -> Iterator[Any]:
     """Client-side incremental for lists with no date filter, newest first (desktop recordings, §7.3).
 
     Pages until rows are older than the cursor minus the lookback, then re-reads the records that
     were not final at the last sync, so transcripts and summaries completed later still land.
     """
-    run = ctx.report.run(project_id, endpoint.name)
+    endpoint, run, state = job.endpoint, job.run, job.state
     assert endpoint.cursor
     cursor = state.get("cursor")
     threshold = parse_time(cursor) - ctx.lookback if cursor else None
     newest = parse_time(cursor) if cursor else None
-    path = list_path(endpoint, project_id)
     seen: set[Any] = set()
     pending: list[str] = []
 
     def track(rows: list[ROW]) -> list[ROW]:
         nonlocal newest
         for row in rows:
-            row["project_id"] = project_id
+            row["project_id"] = job.project_id
             if row.get("status") not in endpoint.final_statuses:
                 pending.append(row["id"])
             if row.get(endpoint.cursor):
@@ -450,19 +438,20 @@ def read_watermark(endpoint: Endpoint, ctx: Context, project_id: int, state: dic
         return rows
 
     try:
-        for rows, _ in ctx.client.pages(path, {**endpoint.params, "limit": ctx.page_size(endpoint)}, "drf"):
+        params = {**endpoint.params, "limit": ctx.page_size(endpoint)}
+        for rows, _ in ctx.client.pages(job.path, params, endpoint.paging, job=job):
             ctx.report.fetched(run, len(rows))
             recent = [
                 r for r in rows
                 if threshold is None or not r.get(endpoint.cursor) or parse_time(r[endpoint.cursor]) >= threshold
             ]
-            yield from emit(endpoint, ctx, run, track(_dedupe(recent, seen, endpoint.primary_key)))
+            yield from emit(job, ctx, track(_dedupe(recent, seen, endpoint.primary_key)))
             if len(recent) < len(rows):
                 break  # ordered newest first: everything after this is older still
         again = [i for i in state.get("pending", []) if (i,) not in seen]
-        refetched = _fetch_details(endpoint, ctx, project_id, [{"id": i} for i in again])
+        refetched = _fetch_details(job, ctx, [{"id": i} for i in again])
         ctx.report.fetched(run, len(refetched))
-        yield from emit(endpoint, ctx, run, track(_dedupe(refetched, seen, endpoint.primary_key)))
+        yield from emit(job, ctx, track(_dedupe(refetched, seen, endpoint.primary_key)))
     except BudgetExhausted as error:
         # what was read is kept; the cursor stays so the next run scans this window again
         _stopped(run, error)
@@ -473,40 +462,40 @@ def read_watermark(endpoint: Endpoint, ctx: Context, project_id: int, state: dic
     state["pending"] = pending
 
 
-def _scans(endpoint: Endpoint, ctx: Context, project_id: int) -> list[dict[str, Any]]:
+def _scans(job: Job, ctx: Context) -> list[dict[str, Any]]:
     scans: list[dict[str, Any]] = []
-    for scan in endpoint.scans:
-        if scan.get("type") != "group":
+    path = job.endpoint.group_types
+    for scan in job.endpoint.scans:
+        if scan.get("type") != "group" or path is None:
             scans.append(dict(scan))
             continue
         try:
-            types = ctx.client.get(f"/api/projects/{project_id}/groups_types/")
+            types = ctx.client.get(f"/api/projects/{job.project_id}/{path}/", job=job)
             indices = sorted({int(t["group_type_index"]) for t in types})
         except ResourceUnavailable as error:
-            # groups_types needs the group:read scope (§7.5); every valid index still lists
-            logger.warning("groups_types unavailable (%s); listing group indices 0-4", error)
+            # the group types list needs the group:read scope (§7.5); every valid index still lists
+            logger.warning("%s unavailable (%s); listing group indices 0-4", path, error)
             indices = list(range(GROUP_TYPES_LIMIT))
         scans.extend({**scan, "group_type_index": i} for i in indices)
     return scans
 
 
-def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Iterator[Any]:
+def read_full(job: Job, ctx: Context) -> Iterator[Any]:
     """Read the whole list every run, once per scan (soft-deleted rows, property types).
 
     Each scan is read until its listing is settled (see `_full_listing`); what could not be proven
     complete is still loaded, and counted on the run as `unproven`.
     """
-    run = ctx.report.run(project_id, endpoint.name)
-    path = list_path(endpoint, project_id)
+    endpoint, run, state, project_id = job.endpoint, job.run, job.state, job.project_id
     rows_by_key: dict[Any, ROW] = {}
     gone: list[ROW] = []
     stored: dict[str, list[Any]] = state.get("ids", {})
     kept: dict[str, list[Any]] = {}
     api_count = 0
     try:
-        for scan in _scans(endpoint, ctx, project_id):
+        for scan in _scans(job, ctx):
             tags = {k: v for k, v in scan.items() if k in endpoint.scan_tags}
-            listing = _full_listing(endpoint, ctx, path, {**endpoint.params, **scan}, run)
+            listing = _full_listing(job, ctx, {**endpoint.params, **scan})
             api_count += listing.count if listing.count is not None else len(listing.rows)
             if listing.unproven:
                 run.unproven += listing.unproven
@@ -534,9 +523,9 @@ def read_full(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str
         gone.extend({"listing": name, "id": i, "project_id": project_id, DELETED: True} for i in stored[name])
     rows = list(rows_by_key.values())
     for start in range(0, len(rows), 5000):
-        yield from emit(endpoint, ctx, run, rows[start : start + 5000])
+        yield from emit(job, ctx, rows[start : start + 5000])
     if gone:
-        yield from emit(endpoint, ctx, run, gone)
+        yield from emit(job, ctx, gone)
         run.rows_loaded -= len(gone)
         logger.info("%s project %s: %d rows deleted upstream", endpoint.name, project_id, len(gone))
     if endpoint.delete_missing:
@@ -582,9 +571,7 @@ class Listing:
         return not self.why
 
 
-def _full_listing(
-    endpoint: Endpoint, ctx: Context, path: str, params: dict[str, Any], run: ResourceRun
-) -> Listing:
+def _full_listing(job: Job, ctx: Context, params: dict[str, Any]) -> Listing:
     """Read an offset-paged list completely although rows are created, deleted and moved meanwhile.
 
     Each pass re-reads the end of the previous page (more when the count fell) and steps back further
@@ -595,15 +582,16 @@ def _full_listing(
     that read the same ids in the same order.
     Passes are bounded; the union of all passes is kept, and whatever stayed unproven is counted.
     """
+    endpoint = job.endpoint
     ordering = endpoint.ordering
-    ordered = ordering is not None and _honours_ordering(endpoint, ctx, path, params, run)
+    ordered = ordering is not None and _honours_ordering(job, ctx, params)
     if ordering is not None:
         params = {**params, ordering[0]: ordering[1]}
     union: dict[Any, ROW] = {}
     previous: _Pass | None = None
     count: int | None = None
     for number in range(1, endpoint.max_passes + 1):
-        walk = _walk(endpoint, ctx, path, params, run, ordering[1] if ordered and ordering else None)
+        walk = _walk(job, ctx, params, ordering[1] if ordered and ordering else None)
         known = len(union)
         union.update(walk.rows)
         count = walk.counts[-1] if walk.counts else count
@@ -625,16 +613,16 @@ def _full_listing(
     return Listing(union, count, max(1, (count or 0) - len(union)), endpoint.max_passes, why)
 
 
-def _honours_ordering(endpoint: Endpoint, ctx: Context, path: str, params: dict[str, Any], run: ResourceRun) -> bool:
+def _honours_ordering(job: Job, ctx: Context, params: dict[str, Any]) -> bool:
     """Whether the server sorts on `endpoint.ordering`: ask for the reverse order and look.
 
     Older servers ignore the parameter and return rows in storage order, which runs oldest first, so a
     newest-first page of distinct values can only come from a server that sorts.
     """
-    assert endpoint.ordering is not None
-    name, value = endpoint.ordering
-    body = ctx.client.get(path, {**params, name: f"-{value}", "limit": 5})
-    ctx.report.fetched(run, 0)
+    assert job.endpoint.ordering is not None
+    name, value = job.endpoint.ordering
+    body = ctx.client.get(job.path, {**params, name: f"-{value}", "limit": 5}, job)
+    ctx.report.fetched(job.run, 0)
     keys = [_order_key(row, value) for row in body.get("results", [])]
     return len(set(keys)) > 1 and keys == sorted(keys, reverse=True)
 
@@ -644,11 +632,9 @@ def _order_key(row: ROW, name: str) -> Any:
     return parse_time(value) if name.endswith("_at") and isinstance(value, str) else value
 
 
-def _walk(
-    endpoint: Endpoint, ctx: Context, path: str, params: dict[str, Any], run: ResourceRun, order: str | None
-) -> _Pass:
+def _walk(job: Job, ctx: Context, params: dict[str, Any], order: str | None) -> _Pass:
     """One pass: pages of `limit`, each re-reading the previous page's last rows."""
-    size = ctx.page_size(endpoint)
+    size = ctx.page_size(job.endpoint)
     overlap = max(2, size // 10)
     walk = _Pass()
     frontier, back, tail = 0, 0, []  # server position after the last page, how far to re-read, its last ids
@@ -660,14 +646,14 @@ def _walk(
         offset = max(0, frontier - back)
         walk.requests += 1
         try:
-            body = ctx.client.get(path, {**params, "limit": size + frontier - offset, "offset": offset})
+            body = ctx.client.get(job.path, {**params, "limit": size + frontier - offset, "offset": offset}, job)
         except TransientError as error:
             walk.error = str(error)
             return walk
         page = body.get("results")
         if not isinstance(page, list):
-            raise PostHogError(f"GET {path}: the response has no `results` list")
-        ctx.report.fetched(run, len(page))
+            raise PostHogError(f"GET {job.path}: the response has no `results` list")
+        ctx.report.fetched(job.run, len(page))
         count = body.get("count")
         if isinstance(count, int):
             walk.counts.append(count)
@@ -694,15 +680,16 @@ def _walk(
 READERS = {"date_from": read_date_from, "watermark": read_watermark, "full": read_full}
 
 
-def _feed(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> Feed:
+def _feed(endpoint: Endpoint, ctx: Context, project_id: int, state: dict[str, Any]) -> tuple[Job, Feed]:
+    job = ctx.report.job(endpoint, project_id, state)
+
     def read() -> Iterator[Any]:
         try:
-            with ctx.client.counting(ctx.report.run(project_id, endpoint.name)):
-                yield from READERS[endpoint.sync](endpoint, ctx, project_id, state)
+            yield from READERS[endpoint.sync](job, ctx)
         finally:
-            ctx.report.finish(project_id, endpoint.name)
+            ctx.report.finish(job.run)
 
-    return Feed(read, state, ctx.cancelled)
+    return job, Feed(read, state, ctx.cancelled)
 
 
 def start_feeds(
@@ -731,12 +718,11 @@ def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) 
             ctx.feeds[project_id] = _feed(endpoint, ctx, project_id, state)
     try:
         for project_id in ids:
-            feed = ctx.feeds.pop(project_id)
-            run = ctx.report.run(project_id, endpoint.name)
+            job, feed = ctx.feeds.pop(project_id)
             try:
                 yield from feed
             except ResourceUnavailable as error:
-                run.status, run.reason = "skipped", str(error)
+                job.run.status, job.run.reason, job.run.error = "skipped", str(error), error
                 logger.warning("%s skipped for project %s: %s", endpoint.name, project_id, error)
             except TransientError as error:
                 raise PostHogError(
@@ -745,7 +731,7 @@ def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) 
                 ) from error
             projects[str(project_id)] = feed.state
     finally:
-        for feed in ctx.feeds.values():
+        for _, feed in ctx.feeds.values():
             feed.close()
         ctx.feeds.clear()
     for table, names in ctx.drift.fields.items():
