@@ -10,22 +10,11 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
-import httpx
-
 from fake_posthog import FakePostHog, FakeRequest
 from sources.posthog.client import PostHogClient
 from sources.posthog.endpoints import PROPERTY_DEFINITIONS, SUBSCRIPTIONS, Endpoint
 from sources.posthog.report import SyncReport
 from sources.posthog.sync import Context, _full_listing
-
-
-def _transport(fake: FakePostHog) -> httpx.MockTransport:
-    def answer(request: httpx.Request) -> httpx.Response:
-        status, body, ctype, headers = fake._respond(request.method, request.url.raw_path.decode(),
-                                                     request.headers.get("authorization"), "fake.test")
-        return httpx.Response(status, content=body, headers={"content-type": ctype, **headers})  # type: ignore[arg-type]
-
-    return httpx.MockTransport(answer)
 
 
 def measure(order: str, per_page: int, first_pass_only: bool, endpoint: Endpoint = SUBSCRIPTIONS,
@@ -61,7 +50,7 @@ def measure(order: str, per_page: int, first_pass_only: bool, endpoint: Endpoint
             throughout.discard(gone)
 
     fake.hooks.append(churn)
-    client = PostHogClient("http://fake.test", fake.api_key, transport=_transport(fake))
+    client = PostHogClient("http://fake.test", fake.api_key, transport=fake.transport())
     ctx = Context(client=client, report=SyncReport(), lookback=timedelta(days=1), initial_date_from="2020-01-01",
                   page_sizes={endpoint.name: 100})
     job = ctx.report.job(endpoint, 1)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import pytest
 from dlt.common.configuration.container import Container
 from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
@@ -82,8 +83,8 @@ def options(tmp_path: Path, server: str, fake: FakePostHog) -> SyncOptions:
     )
 
 
-def sync(options: SyncOptions) -> SyncResult:
-    result = run_sync(options)
+def sync(options: SyncOptions, transport: httpx.BaseTransport | None = None) -> SyncResult:
+    result = run_sync(options, transport=transport)
     assert result.ok, result.failures
     return result
 

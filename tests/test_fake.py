@@ -21,9 +21,14 @@ def fake() -> FakePostHog:
     return FakePostHog(now=NOW, seed=3, recordings=400, desktop_recordings=10, summaries=12, keyset=True)
 
 
+def in_process(fake: FakePostHog, headers: dict[str, str] = KEY) -> httpx.Client:
+    """A client of `fake` through its in-process transport (the tests below need no socket)."""
+    return httpx.Client(base_url="http://fake.test", headers=headers, transport=fake.transport())
+
+
 @pytest.fixture
 def api(fake: FakePostHog) -> Iterator[httpx.Client]:
-    with fake.serve() as url, httpx.Client(base_url=url, headers=KEY) as client:
+    with in_process(fake) as client:
         yield client
 
 
@@ -59,10 +64,10 @@ def test_drf_paging_follows_next_and_keeps_params(fake: FakePostHog, api: httpx.
     url = "/api/projects/1/session_group_summaries/"
     body = api.get(url, params={"limit": 5, "date_from": "-30d"}).json()
     assert body["count"] == 12 and len(body["results"]) == 5 and body["previous"] is None
-    assert body["next"].startswith("http://127.0.0.1:") and "date_from=-30d" in body["next"]
+    assert body["next"].startswith(f"http://fake.test{url}?") and "date_from=-30d" in body["next"]
     seen = body["results"]
     while body["next"]:
-        body = httpx.get(body["next"], headers=KEY).json()
+        body = api.get(body["next"]).json()
         seen += body["results"]
     assert body["previous"] is not None
     created = [ts(r["created_at"]) for r in seen]
@@ -161,7 +166,7 @@ def test_property_definitions_virtual_rows(fake: FakePostHog, api: httpx.Client)
             if r["type"] == "person" and not r.get("virtual")]
     first = api.get(url, params={"type": "person", "limit": 10}).json()
     assert first["count"] == len(real) + 3 and len(first["results"]) == 10 and first["next"]
-    last = httpx.get(first["next"], headers=KEY).json()
+    last = api.get(first["next"]).json()
     assert last["next"] is None and len(last["results"]) == len(real) - 10 + 3
     assert [r["id"] for r in last["results"][-3:]] == [f"$builtin_{r['name']}" for r in last["results"][-3:]]
     again = api.get(url, params={"type": "person", "limit": 10, "offset": 20}).json()
@@ -193,9 +198,10 @@ def test_subscriptions_soft_delete_and_drift(fake: FakePostHog, api: httpx.Clien
 
 
 def test_error_bodies(fake: FakePostHog, api: httpx.Client) -> None:
-    none = httpx.get(f"{api.base_url}/api/projects/")
+    with in_process(fake, headers={}) as anonymous:
+        none = anonymous.get("/api/projects/")
+        bad = anonymous.get("/api/projects/", headers={"Authorization": "Bearer phc_project_token"})
     assert none.status_code == 401 and none.json()["code"] == "not_authenticated"
-    bad = httpx.get(f"{api.base_url}/api/projects/", headers={"Authorization": "Bearer phc_project_token"})
     assert bad.status_code == 401 and bad.json()["code"] == "authentication_failed"
     assert api.get("/api/projects/99/subscriptions/").json()["detail"] == "Project not found."
     assert api.get("/api/projects/abc/").json()["detail"] == "Project not found."
@@ -240,7 +246,7 @@ def test_deterministic_and_lazy() -> None:
 
 def test_big_pages_are_streamed_and_equal_small_pages() -> None:
     fake = FakePostHog(now=NOW, seed=2, recordings=1_000_000, recording_step_s=30, keyset=True)
-    with fake.serve() as url, httpx.Client(base_url=url, headers=KEY) as api:
+    with fake.serve() as url, httpx.Client(base_url=url, headers=KEY) as api:  # chunked over a real socket
         for direction in ("ASC", "DESC"):
             params = {"date_from": "-2d", "order_direction": direction}
             big = api.get("/api/projects/1/session_recordings/", params={**params, "limit": 4800})
@@ -254,7 +260,7 @@ def test_big_pages_are_streamed_and_equal_small_pages() -> None:
 
 def test_older_servers_have_no_cursor_and_no_tiebreaker() -> None:
     fake = FakePostHog(now=NOW, seed=3, recordings=400, keyset=False, tie_group=4)
-    with fake.serve() as url, httpx.Client(base_url=url, headers=KEY) as api:
+    with in_process(fake) as api:
         params = {"date_from": "-30d", "order": "start_time", "order_direction": "ASC"}
         body = api.get("/api/projects/1/session_recordings/", params={**params, "limit": 10}).json()
         assert "next_cursor" not in body and body["has_next"]
@@ -277,7 +283,7 @@ def test_session_ids_on_older_servers_apply_the_window_and_persisted_rows_have_n
     old = [r for r in fake.truth(1, "session_recordings") if ts(r["start_time"]) < NOW - timedelta(days=4)]
     persisted = [r for r in old if fake._persisted(1, int(r["id"][-12:], 16), fake._now_us)]  # noqa: SLF001
     assert persisted and len(persisted) < len(old)
-    with fake.serve() as url, httpx.Client(base_url=url, headers=KEY) as api:
+    with in_process(fake) as api:
         def by_ids(**params: Any) -> dict[str, dict[str, Any]]:
             body = api.get("/api/projects/1/session_recordings/",
                            params={"session_ids": json.dumps([r["id"] for r in old]), "limit": 400, **params})

@@ -42,20 +42,9 @@ def test_summary_detail_rows_enrich_the_list_row(fake: FakePostHog, options: Syn
 
 # -- the full-listing reader against the fake, in process ------------------------------------------
 
-def _in_process(fake: FakePostHog) -> httpx.MockTransport:
-    def answer(request: httpx.Request) -> httpx.Response:
-        target = request.url.raw_path.decode()
-        status, body, ctype, headers = fake._respond(request.method, target, request.headers.get("authorization"),
-                                                     request.url.netloc.decode())
-        assert isinstance(body, bytes)
-        return httpx.Response(status, content=body, headers={"content-type": ctype, **headers})
-
-    return httpx.MockTransport(answer)
-
-
 def _listing(fake: FakePostHog, endpoint: Endpoint, size: int, params: dict[str, str] | None = None,
              ) -> tuple[Listing, ResourceRun]:
-    client = PostHogClient("http://fake.test", fake.api_key, transport=_in_process(fake), backoff_s=0, max_attempts=2)
+    client = PostHogClient("http://fake.test", fake.api_key, transport=fake.transport(), backoff_s=0, max_attempts=2)
     ctx = Context(client=client, report=SyncReport(), lookback=timedelta(days=1), initial_date_from="2020-01-01",
                   page_sizes={endpoint.name: size})
     job = ctx.report.job(endpoint, 1)
@@ -237,12 +226,10 @@ def test_subscriptions_under_churn_land_every_row_live_throughout_once(fake: Fak
             throughout.discard(gone)
 
     throughout = set(fake.live_subscriptions(1))
-    with fake.serve() as url:
-        options.host, options.project_ids, options.resources = url, [1], ["subscriptions"]
-        options.page_sizes = {"subscriptions": 25}
-        fake.hooks.append(churn)
-        result = sync(options)
-        fake.hooks.clear()
+    options.project_ids, options.resources, options.page_sizes = [1], ["subscriptions"], {"subscriptions": 25}
+    fake.hooks.append(churn)
+    result = sync(options, transport=fake.transport())
+    fake.hooks.clear()
     run = result.report.runs[(1, "subscriptions")]
     landed = {r[0] for r in query(options, "SELECT id FROM posthog.subscriptions WHERE NOT deleted")}
     missing = throughout - landed
@@ -260,11 +247,10 @@ def test_synced_subscriptions_hold_every_row_live_throughout_exactly_once(
 ) -> None:
     fake = FakePostHog(project_ids=[1], subscriptions=80, seed=size, subscription_order=order)
     churn = Churn(fake, ops)
-    with tempfile.TemporaryDirectory() as folder, fake.serve() as url:
-        run_options = replace(options, host=url, project_ids=[1], resources=["subscriptions"],
-                              output=f"{folder}/out.duckdb", pipelines_dir=f"{folder}/pipelines",
-                              page_sizes={"subscriptions": size})
-        result = sync(run_options)
+    with tempfile.TemporaryDirectory() as folder:
+        run_options = replace(options, project_ids=[1], resources=["subscriptions"], output=f"{folder}/out.duckdb",
+                              pipelines_dir=f"{folder}/pipelines", page_sizes={"subscriptions": size})
+        result = sync(run_options, transport=fake.transport())
         run = result.report.runs[(1, "subscriptions")]
         landed = query(run_options, "SELECT id, count(*) FROM posthog.subscriptions GROUP BY id")
         stored = query(run_options, "SELECT requests, pages, unproven FROM posthog._sync_report")

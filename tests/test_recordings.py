@@ -40,9 +40,10 @@ def is_listing(request: FakeRequest) -> bool:
     return request.path == LIST and "session_ids" not in request.params
 
 
-def read(fake: FakePostHog, url: str, state: dict[str, Any], page_size: int) -> tuple[list[dict[str, Any]], Context]:
-    """One run of the recordings reader for project 1: the rows it hands to dlt, and its context."""
-    client = PostHogClient(url, fake.api_key, backoff_s=0.001, max_attempts=3)
+def read(fake: FakePostHog, state: dict[str, Any], page_size: int) -> tuple[list[dict[str, Any]], Context]:
+    """One run of the recordings reader for project 1 (in process): the rows it hands to dlt, and its context."""
+    client = PostHogClient("http://fake.test", fake.api_key, backoff_s=0.001, max_attempts=3,
+                           transport=fake.transport())
     start = min(parse_time(r["start_time"]) for r in fake.truth(1, "session_recordings")) - timedelta(hours=1)
     ctx = Context(client=client, report=SyncReport(), lookback=timedelta(days=1),
                   initial_date_from=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -150,21 +151,20 @@ def check_two_runs(
     fake.too_big(max_limit, max_span_s=max_span_h and max_span_h * 3600, statuses=kinds, seed=seed)
     state: dict[str, Any] = {}
     landed: dict[str, dict[str, Any]] = {}
-    with fake.serve() as url:
-        for run_steps in (first, second):
-            fake.requests.clear()
-            before = {r["id"] for r in fake.truth(1, "session_recordings")}
-            stored = state.get("page_size")
-            with mutator(fake, run_steps):
-                rows, ctx = read(fake, url, state, page_size)
-            live = before & {r["id"] for r in fake.truth(1, "session_recordings")}
-            check_run(fake, rows, ctx, live, landed)
-            listing = [r for r in fake.requests if is_listing(r)]
-            if stored:  # the size the last run settled at is where this one starts
-                assert int(listing[0].params["limit"]) == stored
-            if any(r.status in TOO_BIG for r in listing):
-                assert state["page_size"] < page_size or "date_to" in "".join(str(r.params) for r in listing)
-            fake.advance(gap_h * 3600)
+    for run_steps in (first, second):
+        fake.requests.clear()
+        before = {r["id"] for r in fake.truth(1, "session_recordings")}
+        stored = state.get("page_size")
+        with mutator(fake, run_steps):
+            rows, ctx = read(fake, state, page_size)
+        live = before & {r["id"] for r in fake.truth(1, "session_recordings")}
+        check_run(fake, rows, ctx, live, landed)
+        listing = [r for r in fake.requests if is_listing(r)]
+        if stored:  # the size the last run settled at is where this one starts
+            assert int(listing[0].params["limit"]) == stored
+        if any(r.status in TOO_BIG for r in listing):
+            assert state["page_size"] < page_size or "date_to" in "".join(str(r.params) for r in listing)
+        fake.advance(gap_h * 3600)
     truth = {r["id"]: r for r in fake.truth(1, "session_recordings")}
     for ident, row in landed.items():
         if ident in truth and not row["ongoing"]:
@@ -278,8 +278,7 @@ def test_long_sessions_cut_by_narrowed_windows_land_once(server: str, monkeypatc
     fake = FakePostHog(project_ids=[1], now=NOW, recordings=6000, recording_step_s=30, retention_days=30,
                        **{**SERVERS[server], "seed": 1})
     fake.too_big(2500, max_span_s=86400, statuses=(504, 512), seed=0)
-    with fake.serve() as url:
-        rows, ctx = read(fake, url, {}, 10_000)
+    rows, ctx = read(fake, {}, 10_000)
     assert any("date_to" in r.params for r in fake.requests)
     check_run(fake, rows, ctx, {r["id"] for r in fake.truth(1, "session_recordings")}, {})
     assert len(rows) == len(fake.truth(1, "session_recordings"))
