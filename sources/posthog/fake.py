@@ -1233,6 +1233,9 @@ class FakePostHog:
             for r in self.requests:
                 counts[r.path] = counts.get(r.path, 0) + 1
             return 200, counts, None
+        if path == "/_fake/advance":  # not PostHog: move the clock (the benchmark's second sync)
+            self.advance(float(params.get("seconds", "0")))
+            return 200, {"now": _iso(self._now_us // US)}, None
         if len(parts) < 2 or parts[0] != "api" or parts[1] not in ("projects", "environments"):
             return 404, not_found, None
 
