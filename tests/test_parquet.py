@@ -20,8 +20,14 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from pipelines import parquet
+from pipelines import parquet, runner
 from pipelines.parquet import compact_table
+from pipelines.runner import SyncOptions
+from sources.posthog import ENDPOINTS
+from sources.posthog.fake import FakePostHog
+
+from .conftest import PROJECTS, sync
+from .test_sync import COMPARED, _norm, truth_rows
 
 FS = fsspec.filesystem("file")
 KEY = ("project_id", "id")
@@ -219,3 +225,69 @@ def test_a_crash_mid_compaction_is_healed_by_the_next(tmp_path: Path, monkeypatc
     assert sorted(table.rows("id, value")) == expected
     assert not list(table.path.glob("*.tmp")) and not list(table.path.glob("*.json"))
     assert not list(table.path.glob(".compacting*"))
+
+
+def _parquet_rows(options: SyncOptions, resource: str) -> list[tuple[Any, ...]]:
+    columns = COMPARED[resource]
+    glob = f"{options.output}/posthog/{resource}/*.parquet"
+    with duckdb.connect() as con:
+        rows = con.execute(f"SELECT project_id, {', '.join(columns)} FROM read_parquet('{glob}')").fetchall()
+    return [(r[0], *(_norm(c, v) for c, v in zip(columns, r[1:], strict=True))) for r in rows]
+
+
+def test_syncs_with_updates_and_deletions_read_back_as_the_fake_holds_them(
+    fake: FakePostHog, options: SyncOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parquet, "FILE_ROWS", 16)  # many compacted files, so several are left alone per run
+    options.destination, options.output = "parquet", str(options.pipelines_dir) + "_parquet"
+    sync(options)
+    for step in range(3):
+        live = [s["id"] for s in fake.truth(2, "subscriptions") if not s["deleted"]]
+        fake.soft_delete_subscription(2, live[step])
+        removed = [r["name"] for r in fake.truth(1, "property_definitions") if r["type"] == "event"][step]
+        fake.remove_property_definition(1, "event", removed)
+        fake.add_property_definition(2, "person", f"added_{step}")
+        fake.advance(2 * 3600)
+        sync(options)
+        for resource in ENDPOINTS:
+            landed = _parquet_rows(options, resource)
+            assert len(landed) == len(set(landed)), resource
+            assert set(landed) == truth_rows(fake, resource), (step, resource)
+        segments = Path(options.output) / "posthog" / "desktop_recordings__transcript_segments"
+        with duckdb.connect() as con:
+            stored = set(con.execute(f"SELECT project_id, desktop_recording_id, position, text "
+                                     f"FROM read_parquet('{segments}/*.parquet')").fetchall())
+        expected = {(p, r["id"], k, s["text"]) for p in PROJECTS for r in fake.truth(p, "desktop_recordings")
+                    for k, s in enumerate(r["transcript_segments"])}
+        assert stored == expected
+
+
+def test_a_second_small_sync_rewrites_only_the_files_it_touches(
+    fake: FakePostHog, options: SyncOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parquet, "FILE_ROWS", 10)
+    options.destination, options.output = "parquet", str(options.pipelines_dir) + "_parquet"
+    options.resources, options.lookback_days = ["session_recordings"], 0.05
+    sync(options)
+    folder = Path(options.output) / "posthog" / "session_recordings"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.parquet")}
+    ids = {name: {r[0] for r in duckdb.sql(f"SELECT id FROM '{folder / name}'").fetchall()} for name in before}
+    assert len(before) >= 20 and all(len(i) <= 10 for i in ids.values())
+    loaded: set[str] = set()
+
+    def spy(fs: Any, table: str, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        if table.rstrip("/").endswith("/session_recordings"):  # the ids of the load, before it is folded in
+            loads = [p for p in Path(table).glob("*.parquet") if "compacted" not in p.name]
+            loaded.update(i for p in loads for (i,) in duckdb.sql(f"SELECT id FROM '{p}'").fetchall())
+        return compact_table(fs, table, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "compact_table", spy)
+    fake.advance(3000)  # one new recording per project; the ongoing ones grow
+    sync(options)
+    after = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.parquet")}
+    kept = {name for name in before if after.get(name) == before[name]}
+    replaced = set(before) - kept
+    last = max(before, key=lambda n: (float(n.split(".compacted")[0]), n))
+    assert loaded and replaced and all(ids[name] & loaded or name == last for name in replaced)
+    assert len(kept) >= len(before) - 4, (len(kept), len(before))
+    assert set(_parquet_rows(options, "session_recordings")) == truth_rows(fake, "session_recordings")
