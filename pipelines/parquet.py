@@ -19,6 +19,7 @@ dlt's filesystem destination writes to (S3, GCS, Azure, ...).
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import posixpath
@@ -40,6 +41,7 @@ logger = logging.getLogger("posthog_export")
 _LOAD_ID = r"(\d+\.\d+)\.[^/\\]*\.parquet$"
 _COMPACTED = ".compacted"
 FILE_ROWS = 50_000
+_FILE_STEP = 1 << 40  # positions: file index * _FILE_STEP + row number in the file
 MEMORY = "128MB"
 
 
@@ -168,11 +170,12 @@ def _touched_files(
     return [p for p in compacted if rows_of[p][1] or (p == last and rows_of[p][0] < file_rows)]
 
 
-def _positions(
+def _dropped(
     con: duckdb.DuckDBPyConnection, fs: AbstractFileSystem, files: Sequence[str], primary_key: Sequence[str],
     merge_key: Sequence[str], deleted: str | None,
 ) -> str:
-    """SQL for the current rows of `files` as positions `file index * 2^40 + row in file`, from key columns only."""
+    """SQL for the positions (`file index * 2^40 + row in file`) of the rows of `files` that are not current,
+    decided from key columns only."""
     names = list(dict.fromkeys([*primary_key, *merge_key]))
     if deleted is not None and deleted in con.sql(f"SELECT * FROM {_scan(fs, files)} LIMIT 0").columns:
         names.append(deleted)
@@ -183,52 +186,72 @@ def _positions(
     load_id = f"CAST(regexp_extract(_file, {_literal(_LOAD_ID)}, 1) AS DOUBLE)"
     load = f"CASE WHEN regexp_matches(_file, {compacted}) THEN 0 ELSE {load_id} END"
     source = f"SELECT {cols}, {load} AS _load, {_position(fs, files)} AS _pos FROM {_scan(fs, files)}"
-    if merge_key:
-        groups = ", ".join(map(_quote, merge_key))
-        source = f"SELECT * FROM ({source}) QUALIFY _load = max(_load) OVER (PARTITION BY {groups})"
     keys = ", ".join(map(_quote, primary_key))
-    keyed = " AND ".join(f"{_quote(k)} IS NOT NULL" for k in primary_key)
+    # a superseded row, a row of an older key (a null key column), a deletion, a group replaced by a newer load
+    stale = [f"row_number() OVER (PARTITION BY {keys} ORDER BY _load DESC, _pos DESC) > 1",
+             *(f"{_quote(k)} IS NULL" for k in primary_key)]
     if deleted in names:
-        keyed += f" AND {_quote(deleted)} IS DISTINCT FROM true"
-    # the newest row of each key, then dropped if it is a deletion: an older live copy must not come back
-    return (f"SELECT _pos FROM (SELECT * FROM ({source}) QUALIFY row_number() OVER (PARTITION BY {keys} "
-            f"ORDER BY _load DESC, _pos DESC) = 1) WHERE {keyed}")
+        stale.append(f"{_quote(deleted)} IS NOT DISTINCT FROM true")
+    if merge_key:
+        stale.append(f"_load < max(_load) OVER (PARTITION BY {', '.join(map(_quote, merge_key))})")
+    return f"SELECT _pos FROM ({source}) QUALIFY {' OR '.join(stale)}"
 
 
-def _position(fs: AbstractFileSystem, files: Sequence[str]) -> str:
-    return f"(list_position([{_urls(fs, files)}], _file) - 1) * 1099511627776 + file_row_number"
+def _position(fs: AbstractFileSystem, files: Sequence[str], first: int = 0) -> str:
+    """A row's position: its file's index (from `first`) times 2^40 plus its row number in that file."""
+    return f"(list_position([{_urls(fs, files)}], _file) - 1 + {first}) * {_FILE_STEP} + file_row_number"
+
+
+def _cuts(sizes: Sequence[int], dropped: Sequence[int], file_rows: int) -> list[int]:
+    """The position of every `file_rows`-th kept row (the first row of each output file)."""
+    cuts, kept_before, lo = [], 0, 0
+    for index, size in enumerate(sizes):
+        hi = bisect.bisect_left(dropped, (index + 1) * _FILE_STEP, lo)
+        gone = [d - index * _FILE_STEP for d in dropped[lo:hi]]
+        lo = hi
+        kept = size - len(gone)
+        k = -kept_before % file_rows  # the first cut in this file is its k-th kept row
+        while k < kept:
+            row = k
+            while (nxt := k + bisect.bisect_right(gone, row)) != row:  # skip the dropped rows up to it
+                row = nxt
+            cuts.append(index * _FILE_STEP + row)
+            k += file_rows
+        kept_before += kept
+    return cuts
 
 
 def _write(
     con: duckdb.DuckDBPyConnection, fs: AbstractFileSystem, files: Sequence[str], primary_key: Sequence[str],
     merge_key: Sequence[str], deleted: str | None, file_rows: int, staging: Path, keep_empty: bool,
 ) -> int:
-    """Write the current rows of `files` into `staging/out`, `file_rows` per file in arrival order.
+    """Write the current rows of `files` into `staging/out`, `file_rows` per file, in arrival order.
 
-    The de-duplication sees only key columns; whole rows then stream from the files to the output, picked
-    by position, so memory holds one integer per row (and DuckDB spills beyond its limit)."""
-    con.execute(f"CREATE TEMP TABLE keep AS {_positions(con, fs, files, primary_key, merge_key, deleted)}")
-    rows = int(con.execute("SELECT count(*) FROM keep").fetchone()[0])  # type: ignore[index]
-    # each output file starts at every file_rows-th kept position
-    cuts = [c for (c,) in con.execute(
-        f"SELECT _pos FROM (SELECT _pos, row_number() OVER (ORDER BY _pos) - 1 AS n FROM keep) "
-        f"WHERE n % {int(file_rows)} = 0 ORDER BY _pos").fetchall()]
-    part = "CASE " + " ".join(f"WHEN _pos >= {c} THEN {i}" for i, c in reversed(list(enumerate(cuts)))) + " END"
+    Only key columns are compared; whole rows then stream from the files to each output file minus the
+    dropped positions, so memory holds one integer per dropped row (and DuckDB spills beyond its limit)."""
+    con.execute(f"CREATE TEMP TABLE dropped AS {_dropped(con, fs, files, primary_key, merge_key, deleted)}")
+    dropped = [d for (d,) in con.execute("SELECT _pos FROM dropped ORDER BY _pos").fetchall()]
+    counted = dict(con.execute(f"SELECT _file, count(*) FROM {_scan(fs, files)} GROUP BY _file").fetchall())
+    urls = [p if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(p) for p in files]
+    cuts = _cuts([counted.get(u, 0) for u in urls], dropped, file_rows)
     out = staging / "out"
-    rows_sql = (f"SELECT * EXCLUDE (_file, file_row_number, _pos) {{}} FROM (SELECT *, {_position(fs, files)} AS _pos "
-                f"FROM {_scan(fs, files)}) WHERE _pos IN (SELECT _pos FROM keep)")
-    if rows:
-        con.execute(f"SET partitioned_write_flush_threshold = {min(int(file_rows), 50_000)}")
-        con.execute(f"COPY ({rows_sql.format(f', {part} AS _part')}) TO {_literal(str(out))} "
-                    "(FORMAT parquet, PARTITION_BY (_part))")
-    elif keep_empty:
-        out.mkdir()
-        con.execute(f"COPY ({rows_sql.format('')}) TO {_literal(str(out / 'empty.parquet'))} (FORMAT parquet)")
-    return rows
+    out.mkdir()
+    ends = [*cuts[1:], len(files) * _FILE_STEP] if cuts else []
+    for n, (lo, hi) in enumerate(zip(cuts, ends, strict=True)):
+        first, last = lo // _FILE_STEP, (hi - 1) // _FILE_STEP
+        part = files[first:last + 1]
+        con.execute(f"COPY (SELECT * EXCLUDE (_file, file_row_number, _pos) FROM (SELECT *, "
+                    f"{_position(fs, part, first)} AS _pos FROM {_scan(fs, part)}) WHERE _pos >= {lo} AND _pos < {hi} "
+                    f"AND _pos NOT IN (SELECT _pos FROM dropped)) TO {_literal(str(out / f'{n}.parquet'))} "
+                    "(FORMAT parquet)")
+    if not cuts and keep_empty:
+        con.execute(f"COPY (SELECT * EXCLUDE (_file, file_row_number) FROM {_scan(fs, files)} LIMIT 0) "
+                    f"TO {_literal(str(out / '0.parquet'))} (FORMAT parquet)")
+    return sum(counted.values()) - len(dropped)
 
 
 def _part_number(path: Path) -> tuple[int, str]:
-    match = re.search(r"_part=(\d+)", str(path))
+    match = re.search(r"(\d+)\.parquet$", path.name)
     return (int(match.group(1)) if match else 0), path.name
 
 
