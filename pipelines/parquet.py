@@ -100,14 +100,18 @@ def _connect(fs: AbstractFileSystem, spill: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def _url(fs: AbstractFileSystem, path: str) -> str:
+    """How DuckDB names `path` (and reports it in `_file`): a bucket's files carry their protocol."""
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+
+
 def _urls(fs: AbstractFileSystem, files: Sequence[str]) -> str:
-    return ", ".join(_literal(p if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(p)) for p in files)
+    return ", ".join(_literal(_url(fs, p)) for p in files)
 
 
 def _scan(fs: AbstractFileSystem, files: Sequence[str]) -> str:
     """`read_parquet` over `files`, columns unified by name, with each row's file and its position there."""
-    urls = _urls(fs, files)
-    return f"read_parquet([{urls}], union_by_name = true, filename = '_file', file_row_number = true)"
+    return f"read_parquet([{_urls(fs, files)}], union_by_name = true, filename = '_file', file_row_number = true)"
 
 
 def compact_table(
@@ -164,8 +168,7 @@ def _touched_files(
         f"LEFT JOIN touched t ON {on} GROUP BY c._file"
     ).fetchall()
     by_url = {url: (rows, hit) for url, rows, hit in found}
-    urls = {p: p if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(p) for p in compacted}
-    rows_of = {p: by_url.get(urls[p], (0, False)) for p in compacted}
+    rows_of = {p: by_url.get(_url(fs, p), (0, False)) for p in compacted}
     last = compacted[-1]
     return [p for p in compacted if rows_of[p][1] or (p == last and rows_of[p][0] < file_rows)]
 
@@ -232,8 +235,7 @@ def _write(
     con.execute(f"CREATE TEMP TABLE dropped AS {_dropped(con, fs, files, primary_key, merge_key, deleted)}")
     dropped = [d for (d,) in con.execute("SELECT _pos FROM dropped ORDER BY _pos").fetchall()]
     counted = dict(con.execute(f"SELECT _file, count(*) FROM {_scan(fs, files)} GROUP BY _file").fetchall())
-    urls = [p if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(p) for p in files]
-    cuts = _cuts([counted.get(u, 0) for u in urls], dropped, file_rows)
+    cuts = _cuts([counted.get(_url(fs, p), 0) for p in files], dropped, file_rows)
     out = staging / "out"
     out.mkdir()
     ends = [*cuts[1:], len(files) * _FILE_STEP] if cuts else []
