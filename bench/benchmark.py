@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/benchmark.py --rows 30000 [--latency-ms 0]
         [--resource session_recordings|desktop_recordings] [--destination duckdb|parquet]
-        [--peer/--no-peer] [--segments 100] [--page-size N]
+        [--peer/--no-peer] [--segments 100] [--page-size N] [--incremental [--new 1000]]
 
 Starts the fake PostHog (`python -m fake_posthog`) in a subprocess, then runs each sync in a
 subprocess of its own, into a fresh temporary output and dlt pipelines folder, and prints rows/s, peak
@@ -10,6 +10,12 @@ RSS (from `wait4`), list requests (from the fake's `/_fake/requests`), wall time
 time (user + sys, including start-up; steadier than wall time on a busy machine), plus the ratios.
 Ours runs in the repository (its `.dlt/config.toml` applies); the peer runs in an empty folder, so it
 gets dlt's defaults. Wall time is the sync call itself, without interpreter start and imports.
+
+`--incremental` measures the hourly case instead: a first sync stores `--rows`, the fake's clock moves on
+(`--new` recordings appear and the ongoing ones grow; for desktop recordings one new recording starts and
+the unfinished ones go on), and a second sync of the same output runs; it prints both syncs, the ratio of
+their wall times, and how many rows the second sync loaded and rewrote (Parquet: rows in the table files
+it wrote; DuckDB: rows its merge inserted).
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class Result:
     peak_rss_mb: float
     list_requests: int
     cpu_seconds: float
+    loaded: int = 0  # rows the sync's load wrote into the counted table
+    rewritten: int = 0  # rows of the counted table the sync wrote to disk (Parquet: files it wrote)
 
     @property
     def rows_per_s(self) -> float:
@@ -57,10 +65,13 @@ class Result:
 def start_fake(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     """Start the fake PostHog with the benchmark's data and return the process and its URL."""
     desktop = args.resource == "desktop_recordings"
+    step = 30
+    if desktop and args.incremental:  # desktop recordings start every 1,800 s: a few are unfinished at a time
+        step = max(step, args.rows * 1800 // 10)
     command = [
         sys.executable, "-m", "fake_posthog", "--port", "0", "--projects", str(PROJECT),
         "--recordings", str(10 if desktop else args.rows), "--desktop-recordings", str(args.rows if desktop else 10),
-        "--segments", str(args.segments), "--recording-step-s", "30", "--retention-days", "3650",
+        "--segments", str(args.segments), "--recording-step-s", str(step), "--retention-days", "3650",
         "--latency-ms", str(args.latency_ms), "--api-key", API_KEY,
     ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True, env=_env())
@@ -69,6 +80,14 @@ def start_fake(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
         process.kill()
         raise SystemExit(f"the fake PostHog did not start: {line!r}")
     return process, line.split()[1]
+
+
+def advance_fake(url: str, seconds: float) -> None:
+    """Move the fake's clock: new recordings appear, ongoing ones grow."""
+    request = urllib.request.Request(f"{url}/_fake/advance?seconds={seconds}",
+                                     headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request) as response:
+        response.read()
 
 
 def request_counts(url: str) -> dict[str, int]:
@@ -83,9 +102,10 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "RUNTIME__DLTHUB_TELEMETRY": "false", "RUNTIME__LOG_LEVEL": "ERROR"}
 
 
-def measure(name: str, args: argparse.Namespace, url: str) -> Result:
-    """Run one sync (`ours` or `peer`) in a fresh subprocess and temp folder; measure it."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"bench_{name}_"))
+def measure(name: str, args: argparse.Namespace, url: str, workdir: Path | None = None) -> Result:
+    """Run one sync (`ours` or `peer`) in a fresh subprocess and temp folder (or `workdir`, kept); measure it."""
+    keep = workdir is not None
+    workdir = workdir or Path(tempfile.mkdtemp(prefix=f"bench_{name}_"))
     before = request_counts(url)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--url", url,
                "--workdir", str(workdir), "--resource", args.resource, "--destination", args.destination]
@@ -101,11 +121,13 @@ def measure(name: str, args: argparse.Namespace, url: str) -> Result:
             raise SystemExit(f"{name} failed with exit code {process.returncode}")
         child = json.loads(output.strip().splitlines()[-1])
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
     after = request_counts(url)
     listing = f"/api/projects/{PROJECT}/{args.resource}/"
     return Result(name, child["rows"], child["seconds"], usage.ru_maxrss / 1024,
-                  after.get(listing, 0) - before.get(listing, 0), usage.ru_utime + usage.ru_stime)
+                  after.get(listing, 0) - before.get(listing, 0), usage.ru_utime + usage.ru_stime,
+                  child.get("loaded", 0), child.get("rewritten", 0))
 
 
 def run_ours(url: str, workdir: Path, resource: str, destination: str, page_size: int | None) -> float:
@@ -160,16 +182,26 @@ def run_peer(url: str, workdir: Path, resource: str, page_size: int) -> float:
     return time.perf_counter() - started
 
 
-def count_rows(workdir: Path, table: str, destination: str) -> int:
-    """Rows that landed in a table of the sync's output."""
+def count_rows(workdir: Path, table: str, destination: str, since: float = 0.0) -> tuple[int, int]:
+    """Rows in a table of the sync's output, and how many of them arrived in loads started at or after
+    `since` (epoch seconds: dlt's load ids are timestamps, and each row carries its `_dlt_load_id`)."""
     import duckdb
 
+    count = f"SELECT count(*), count(*) FILTER (WHERE CAST(_dlt_load_id AS DOUBLE) >= {since})"
     with duckdb.connect() as con:
         if destination == "parquet":
             files = str(workdir / "parquet" / "posthog" / table / "*.parquet")
-            return con.execute("SELECT count(*) FROM read_parquet(?)", [files]).fetchone()[0]  # type: ignore[index]
+            return con.execute(f"{count} FROM read_parquet(?)", [files]).fetchone()  # type: ignore[return-value]
         con.execute(f"ATTACH '{workdir / 'out.duckdb'}' AS out (READ_ONLY)")
-        return con.execute(f"SELECT count(*) FROM out.posthog.{table}").fetchone()[0]  # type: ignore[index]
+        return con.execute(f"{count} FROM out.posthog.{table}").fetchone()  # type: ignore[return-value]
+
+
+def rows_written_since(workdir: Path, table: str, since: float) -> int:
+    """Rows in the Parquet files of `table` written at or after `since` (epoch seconds)."""
+    import pyarrow.parquet as pq
+
+    folder = workdir / "parquet" / "posthog" / table
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet") if f.stat().st_mtime >= since)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -178,12 +210,15 @@ def child(args: argparse.Namespace) -> None:
 
     workdir = Path(args.workdir)
     page_size = args.page_size or ENDPOINTS[args.resource].page_size
+    table, started = COUNTED[args.resource], time.time()
     if args.child == "ours":
         seconds = run_ours(args.url, workdir, args.resource, args.destination, args.page_size)
         destination = args.destination
     else:
         seconds, destination = run_peer(args.url, workdir, args.resource, page_size), "duckdb"
-    print(json.dumps({"rows": count_rows(workdir, COUNTED[args.resource], destination), "seconds": seconds}))
+    rows, loaded = count_rows(workdir, table, destination, started)
+    rewritten = rows_written_since(workdir, table, started) if destination == "parquet" else loaded
+    print(json.dumps({"rows": rows, "seconds": seconds, "loaded": loaded, "rewritten": rewritten}))
 
 
 def report(args: argparse.Namespace, results: Sequence[Result]) -> None:
@@ -200,6 +235,34 @@ def report(args: argparse.Namespace, results: Sequence[Result]) -> None:
               f"peer/ours peak RSS: {peer.peak_rss_mb / ours.peak_rss_mb:.1f}x")
 
 
+def report_incremental(args: argparse.Namespace, first: Result, second: Result) -> None:
+    """Print the first and second sync of the incremental case and their ratio."""
+    print(f"\n{args.resource} incremental, destination {args.destination}: {first.rows:,} rows stored by the "
+          f"first sync, {second.rows - first.rows:+,} by the second; rows = {COUNTED[args.resource]}")
+    print(f"{'sync':<8}{'rows':>12}{'loaded':>10}{'rewritten':>11}{'peak RSS MB':>13}{'list requests':>15}"
+          f"{'wall s':>9}{'CPU s':>8}")
+    for r in (first, second):
+        print(f"{r.name:<8}{r.rows:>12,}{r.loaded:>10,}{r.rewritten:>11,}{r.peak_rss_mb:>13,.0f}"
+              f"{r.list_requests:>15,}{r.seconds:>9.2f}{r.cpu_seconds:>8.1f}")
+    print(f"second/first wall: {second.seconds / first.seconds:.1%}; second sync peak RSS: "
+          f"{second.peak_rss_mb:,.0f} MB")
+
+
+def incremental(args: argparse.Namespace, url: str) -> None:
+    """First sync, move the fake's clock, second sync of the same output; print both."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench_incremental_"))
+    try:
+        first = measure("ours", args, url, workdir)
+        first.name = "first"
+        # session recordings start every 30 s; desktop recordings every 1,800 s (see `start_fake`)
+        advance_fake(url, 1800 if args.resource == "desktop_recordings" else args.new * 30)
+        second = measure("ours", args, url, workdir)
+        second.name = "second"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report_incremental(args, first, second)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The benchmark's command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -211,6 +274,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="also run the generic rest_api pipeline (default: yes)")
     parser.add_argument("--segments", type=int, default=100, help="transcript segments per recorded hour")
     parser.add_argument("--page-size", type=int, help="page size for both (default: the endpoint table's)")
+    parser.add_argument("--incremental", action="store_true",
+                        help="a first sync, then a second one after --new recordings (ours only)")
+    parser.add_argument("--new", type=int, default=1000, help="recordings added before the second sync")
     parser.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -225,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     fake, url = start_fake(args)
     try:
+        if args.incremental:
+            incremental(args, url)
+            return
         results = [measure("ours", args, url)]
         if args.peer:
             results.append(measure("peer", args, url))

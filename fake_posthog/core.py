@@ -25,6 +25,7 @@ from .base import (
     _check,
     _err,
     _hh,
+    _iso_us,
     _to_us,
     _uuid,
 )
@@ -166,6 +167,9 @@ class FakePostHog(Recordings, Lists, Faults):
             for r in self.requests:
                 counts[r.path] = counts.get(r.path, 0) + 1
             return 200, counts, None
+        if path == "/_fake/advance":  # not PostHog: move the clock (the benchmark's second sync)
+            self.advance(float(params.get("seconds", "0")))
+            return 200, {"now": _iso_us(self._now_us)}, None
         if len(parts) < 2 or parts[0] != "api" or parts[1] not in ("projects", "environments"):
             return 404, not_found, None
 
