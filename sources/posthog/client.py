@@ -70,7 +70,7 @@ class PostHogClient:
         api_key: str,
         *,
         max_attempts: int = 6,
-        max_wait_s: float = 900.0,
+        max_wait_s: float = 3600.0,  # as PostHogSettings (settings.py), which builds the clients we use
         backoff_s: float = 1.0,
         timeout_s: float = 120.0,
         max_in_flight: int = 6,
