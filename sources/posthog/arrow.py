@@ -8,7 +8,9 @@ so a contradiction fails with a message naming the table, column and types.
 from __future__ import annotations
 
 import functools
+import tempfile
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,3 +167,151 @@ def to_arrow(
                     arrays.append(array)
     fields = [pa.field(n, a.type) for n, a in zip(names, arrays, strict=True)]
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+# what DuckDB converts each declared type from (its json_transform gives NULL where a cast fails: integers
+# go through HUGEINT, so one beyond int64 fails Arrow's checked cast instead; timestamps are parsed by Arrow
+# as on the dict path)
+_DUCKDB_TYPES = {"text": "VARCHAR", "bigint": "HUGEINT", "double": "DOUBLE", "bool": "BOOLEAN",
+                 "timestamp": "VARCHAR", "json": "JSON"}
+# the JSON types (`json_structure`) a page's values may have, per declared type, for DuckDB's conversion to
+# equal the dict path's; anything else (DuckDB casts leniently: "12" to 12, 1.5 to 2) goes the dict path
+_ACCEPTED = {"text": {"VARCHAR"}, "bigint": {"BIGINT", "UBIGINT"}, "double": {"DOUBLE", "BIGINT", "UBIGINT"},
+             "bool": {"BOOLEAN"}, "timestamp": {"VARCHAR"}}
+PAGE_KEYS = ("has_next", "next_cursor", "next", "count")  # what paging and the readers read besides `results`
+_EXACT = 2**53  # integers from here on are not exact as doubles: the dict path refuses them (so it decides)
+# one DuckDB and one thread decode every page of the process: DuckDB keeps the memory a decode used for
+# the thread that used it (about ten times the page's bytes), so more threads would keep more
+_database: Any = None
+_decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posthog-decode")
+
+
+class ArrowRows(list):  # type: ignore[type-arg]
+    """Rows of a page decoded straight into Arrow: a list of light dicts (only `fields`) over the page's table.
+
+    The readers filter and inspect the light dicts as they do full rows; `table()` is the page's Arrow table
+    for the rows still in the list, and `dicts()` decodes those rows in full (from the page's bytes) for the
+    paths that need whole rows (re-reads, held and partial rows).
+    """
+
+    def __init__(self, rows: Iterable[dict[str, Any]], page: _Page) -> None:
+        super().__init__(rows)
+        self.page = page
+
+    @property
+    def unknown(self) -> set[str]:
+        """Fields of the page that the declarations do not know."""
+        return self.page.unknown
+
+    def subset(self, rows: Iterable[dict[str, Any]]) -> ArrowRows:
+        """These rows (light dicts of this page) over the same page."""
+        return ArrowRows(rows, self.page)
+
+    def _positions(self) -> list[int]:
+        return [self.page.position[id(r)] for r in self]
+
+    def table(self, project_id: int) -> pa.Table:
+        """The declared columns of these rows, `project_id` first, as `to_arrow` builds them."""
+        table = self.page.table
+        positions = self._positions()
+        if positions != list(range(table.num_rows)):
+            table = table.take(positions)
+        ids = pa.array([project_id] * table.num_rows, pa.int64())
+        return table.add_column(0, pa.field("project_id", pa.int64()), ids)
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """These rows decoded in full, with what the readers set on the light dicts (e.g. `project_id`)."""
+        if self.page.full is None:
+            self.page.full = orjson.loads(self.page.content)["results"]
+        full = self.page.full
+        return [{**full[p], **{k: v for k, v in r.items() if k not in self.page.fields}}
+                for p, r in zip(self._positions(), self, strict=True)]
+
+
+@dataclass
+class _Page:
+    content: bytes
+    table: pa.Table
+    fields: tuple[str, ...]
+    unknown: set[str]
+    position: dict[int, int] = field(default_factory=dict)
+    full: list[dict[str, Any]] | None = None
+
+
+def _decode_with_duckdb(query: str) -> pa.Table:
+    """Run a page's query on the one decoding thread (see `decode_page`)."""
+    global _database
+    if _database is None:
+        import duckdb
+
+        # one core; files are read once, so DuckDB need not cache them; freed memory goes back soon
+        _database = duckdb.connect(config={
+            "threads": 1, "enable_external_file_cache": False, "allocator_background_threads": True,
+            "allocator_flush_threshold": "8MB",
+        })
+    return _database.sql(query).to_arrow_table()
+
+
+def decode_page(
+    content: bytes, columns: Mapping[str, ColumnType], fields: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """Decode a list page (`{"results": [...], "has_next": ...}`) straight into Arrow with DuckDB's JSON reader.
+
+    Returns the body with `results` as `ArrowRows` (light dicts of `fields`), or None whenever the dict path
+    must decide instead: a value whose JSON type DuckDB would convert where the dict path refuses it, rows
+    that are not objects, an empty page, or anything DuckDB cannot read. Undeclared fields are kept aside as
+    `unknown` (drift), as `to_arrow` reports them.
+    """
+    spec = orjson.dumps([{n: _DUCKDB_TYPES[t] for n, t in columns.items()}]).decode()
+    keys = ", ".join(f"'{k}': 'JSON'" for k in ("results", *PAGE_KEYS))
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".json") as file:
+            file.write(content)
+            file.flush()
+            query = (
+                f"SELECT json_structure(results) AS s, json_transform(results, '{spec}') AS t, "
+                f"{', '.join(PAGE_KEYS)} FROM read_json('{file.name}', columns={{{keys}}}, "
+                f"format='unstructured', records=true, maximum_object_size={len(content) + 1024})"
+            )
+            result = _decoder.submit(_decode_with_duckdb, query).result()
+    except Exception:  # noqa: BLE001 - any failure: the dict path decides (and names the problem)
+        return None
+    if result.num_rows != 1 or result["s"][0].as_py() is None:
+        return None
+    structure = orjson.loads(result["s"][0].as_py())
+    if not isinstance(structure, list) or len(structure) != 1 or not isinstance(structure[0], dict):
+        return None  # not a list of objects, or an empty page
+    found: dict[str, Any] = structure[0]
+    for name, ctype in columns.items():
+        kind = found.get(name, "NULL")
+        if ctype != "json" and kind != "NULL" and (not isinstance(kind, str) or kind not in _ACCEPTED[ctype]):
+            return None
+    values = result["t"].combine_chunks().flatten()
+    arrays = []
+    for (name, ctype), array in zip(columns.items(), values.flatten(), strict=True):
+        if isinstance(array.type, pa.ExtensionType):
+            array = array.storage
+        if ctype == "timestamp":
+            try:
+                array = _timestamps(array)
+            except _CONVERSION_ERRORS:
+                return None
+        elif ctype == "double" and found.get(name, "NULL") != "NULL":  # (the JSON type of a mix is DOUBLE)
+            largest = pc.max(pc.abs(array)).as_py()
+            if largest is not None and largest >= _EXACT:
+                return None
+        try:
+            arrays.append(array.cast(ARROW_TYPES[ctype]))
+        except _CONVERSION_ERRORS:
+            return None
+    table = pa.Table.from_arrays(arrays, schema=pa.schema([(n, ARROW_TYPES[t]) for n, t in columns.items()]))
+    page = _Page(content, table, fields, set(found) - columns.keys())
+    light = table.select(list(fields))
+    if any(columns[f] == "timestamp" for f in fields):  # the readers compare and send the API's own strings
+        raw = dict(zip(columns, values.flatten(), strict=True))
+        light = pa.table({f: raw[f] if columns[f] == "timestamp" else light[f] for f in fields})
+    rows = light.to_pylist()
+    page.position = {id(r): i for i, r in enumerate(rows)}
+    body: dict[str, Any] = {k: None if (v := result[k][0].as_py()) is None else orjson.loads(v) for k in PAGE_KEYS}
+    body["results"] = ArrowRows(rows, page)
+    return body
