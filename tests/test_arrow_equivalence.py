@@ -1,9 +1,8 @@
 """The Arrow path lands exactly what dlt's generic dict path lands, row for row and column for column.
 
 Our sync builds Arrow tables against the declared columns (sources/posthog/arrow.py) and skips dlt's
-row-by-row normalizer; recordings pages are decoded from their bytes straight into Arrow (`decode_page`).
-Here the same recordings also go through dlt as plain dicts with the same column hints, into another
-dataset of the same DuckDB file, and both tables are compared value by value.
+row-by-row normalizer. Here the same recordings also go through dlt as plain dicts with the same column
+hints, into another dataset of the same DuckDB file, and both tables are compared value by value.
 """
 
 from __future__ import annotations
@@ -16,21 +15,17 @@ from typing import Any
 
 import dlt
 import duckdb
-import orjson
-import pyarrow as pa
 import pytest
 
 from fake_posthog import FakePostHog
 from pipelines.runner import SyncOptions
 from sources.posthog import schema_contract
-from sources.posthog import sync as sync_module
-from sources.posthog.arrow import ArrowRows, Drift, SchemaViolation, decode_page, dlt_columns, to_arrow
+from sources.posthog.arrow import Drift, dlt_columns, to_arrow
 from sources.posthog.endpoints import RECORDINGS
 
 from .conftest import NOW, PROJECTS, sync
 
 COLUMNS = {"project_id": "bigint", **RECORDINGS.columns}
-FIELDS = ("id", "start_time", "end_time", "ongoing")  # what the readers look at on a recordings page
 JSON_COLUMNS = [i for i, t in enumerate(COLUMNS.values()) if t == "json"]
 
 
@@ -57,18 +52,9 @@ def load_dicts(database: Path, pipelines: Path, dataset: str, rows: list[dict[st
     pipeline.run(dlt.resource(rows, max_table_nesting=0, **_hints()))
 
 
-def decoded(rows: list[dict[str, Any]], project_id: int = 3) -> pa.Table:
-    """`rows` as a recordings page's bytes, decoded straight into Arrow (it must take the fast path)."""
-    body = decode_page(orjson.dumps({"results": rows, "has_next": False}), RECORDINGS.columns, FIELDS)
-    assert body is not None and isinstance(body["results"], ArrowRows)
-    return body["results"].table(project_id)
-
-
-def load_arrow(database: Path, pipelines: Path, dataset: str, rows: list[dict[str, Any]], fast: bool = False) -> None:
-    """Our path without the HTTP part: pages of Arrow tables from `to_arrow` (or `decode_page`), loaded from
-    Parquet."""
-    chunks = [rows[i : i + 7] for i in range(0, len(rows), 7)]
-    pages = [decoded(c) if fast else to_arrow("session_recordings", c, COLUMNS, drift=Drift()) for c in chunks]
+def load_arrow(database: Path, pipelines: Path, dataset: str, rows: list[dict[str, Any]]) -> None:
+    """Our path without the HTTP part: pages of Arrow tables from `to_arrow`, loaded from Parquet."""
+    pages = [to_arrow("session_recordings", rows[i : i + 7], COLUMNS, drift=Drift()) for i in range(0, len(rows), 7)]
     pipeline = dlt.pipeline(f"eq_{dataset}", destination=dlt.destinations.duckdb(str(database)),
                             dataset_name=dataset, pipelines_dir=str(pipelines))
     pipeline.run(dlt.resource(pages, **_hints()), loader_file_format="parquet")
@@ -94,18 +80,9 @@ def differences(left: list[tuple[Any, ...]], right: list[tuple[Any, ...]]) -> li
 
 
 def test_synced_recordings_equal_the_dict_path_row_for_row(
-    fake: FakePostHog, options: SyncOptions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakePostHog, options: SyncOptions, tmp_path: Path
 ) -> None:
-    fast: list[bool] = []
-
-    def spy(content: bytes, **kwargs: Any) -> dict[str, Any] | None:
-        body = decode_page(content, **kwargs)
-        fast.append(body is not None)
-        return body
-
-    monkeypatch.setattr(sync_module, "decode_page", spy)
     sync(dataclasses.replace(options, resources=["session_recordings"], page_sizes={"session_recordings": 700}))
-    assert len(fast) >= 6 and all(fast)  # every listing page was decoded straight into Arrow
     rows = [{**row, "project_id": p} for p in PROJECTS for row in fake.truth(p, "session_recordings")]
     load_dicts(Path(options.output), tmp_path / "eq_pipelines", "via_dicts", rows)
 
@@ -135,60 +112,12 @@ def _edge_rows() -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["dicts_to_arrow", "bytes_to_arrow"])
-def test_edge_values_land_the_same_on_both_paths(tmp_path: Path, fast: bool) -> None:
+def test_edge_values_land_the_same_on_both_paths(tmp_path: Path) -> None:
     database = tmp_path / "edges.duckdb"
-    load_arrow(database, tmp_path / "pipelines", "via_arrow", _edge_rows(), fast)
+    load_arrow(database, tmp_path / "pipelines", "via_arrow", _edge_rows())
     load_dicts(database, tmp_path / "pipelines", "via_dicts", _edge_rows())
     ours, generic = landed(database, "via_arrow"), landed(database, "via_dicts")
     assert len(ours) == 7
     assert differences(ours, generic) == []
     times = {row[1]: row[list(COLUMNS).index("end_time")] for row in ours}
     assert times["times"] == datetime(2026, 3, 1, 22, 0, tzinfo=UTC)
-
-
-def test_a_page_decoded_to_arrow_equals_the_dict_path_and_keeps_what_the_readers_need() -> None:
-    rows = [{k: v for k, v in row.items() if k != "project_id"} for row in _edge_rows()]
-    body = decode_page(orjson.dumps({"results": rows, "has_next": True, "next_cursor": "abc", "count": 7}),
-                       RECORDINGS.columns, FIELDS)
-    assert body is not None
-    assert {k: body[k] for k in ("has_next", "next_cursor", "count", "next")} == \
-        {"has_next": True, "next_cursor": "abc", "count": 7, "next": None}
-    page = body["results"]
-    # the light rows carry the API's own values (timestamps as sent), the table the declared columns
-    assert [dict(r) for r in page] == [{f: row.get(f) for f in FIELDS} for row in rows]
-    assert page.table(3).equals(to_arrow("session_recordings", _edge_rows(), COLUMNS, drift=Drift()))
-    picked = page.subset([page[1], page[5]])
-    picked[0]["project_id"] = 3
-    assert picked.table(3).column("id").to_pylist() == ["nulls", "times"]
-    assert picked.dicts() == [{**rows[1], "project_id": 3}, rows[5]]
-
-
-@pytest.mark.parametrize("field, value", [
-    ("click_count", "12"), ("click_count", True), ("click_count", 2**63),
-    ("recording_duration", "1.5"), ("recording_duration", 2**53 + 1), ("viewed", 1), ("ongoing", "true"),
-    ("distinct_id", 42), ("start_url", {"a": 1}), ("start_time", 1700000000), ("end_time", "not a time"),
-])
-def test_a_value_contradicting_its_type_goes_the_dict_path_which_refuses_it(field: str, value: Any) -> None:
-    # DuckDB would cast many of these ("12" to 12, 1.5 to 2, 1 to true): the page is left to the dict path
-    rows = [{"id": "a", "start_time": "2026-01-01T00:00:00Z", "click_count": 3, "recording_duration": 2.5},
-            {"id": "b", "start_time": "2026-01-01T00:00:00Z", field: value}]
-    assert decode_page(orjson.dumps({"results": rows, "has_next": False}), RECORDINGS.columns, FIELDS) is None
-    with pytest.raises(SchemaViolation, match=f"session_recordings.{field}: declared"):
-        to_arrow("session_recordings", [{**r, "project_id": 1} for r in rows], COLUMNS, drift=Drift())
-
-
-def test_a_double_in_a_bigint_column_is_left_to_the_dict_path() -> None:
-    # the dict path truncates it (Arrow's conversion, 1.5 to 1), DuckDB would round it (to 2): the dict path lands
-    rows = [{"id": "a", "start_time": "2026-01-01T00:00:00Z", "click_count": 1.5}]
-    assert decode_page(orjson.dumps({"results": rows, "has_next": False}), RECORDINGS.columns, FIELDS) is None
-
-
-def test_new_fields_on_a_decoded_page_are_drift_and_odd_bodies_go_the_dict_path() -> None:
-    rows = [{"id": "a", "start_time": "2026-01-01T00:00:00Z", "brand_new": {"x": 1}}, {"id": "b", "Id": "c"}]
-    body = decode_page(orjson.dumps({"results": rows, "has_next": False}), RECORDINGS.columns, FIELDS)
-    assert body is not None and body["results"].unknown == {"brand_new", "Id"}
-    assert body["results"].table(1).column_names == list(COLUMNS)
-    for odd in ({"results": []}, {"results": [1, 2]}, {"results": "x"}, [{"results": []}], {"has_next": False}):
-        assert decode_page(orjson.dumps(odd), RECORDINGS.columns, FIELDS) is None
-    assert decode_page(b'{"results": [{"id": "a"}', RECORDINGS.columns, FIELDS) is None  # truncated

@@ -120,11 +120,8 @@ class PostHogClient:
         error = retry_state.outcome.exception() if retry_state.outcome else None
         logger.warning("%s; retrying in %.0f s", error, wait)
 
-    def get(
-        self, path: str, params: Mapping[str, Any] | None = None, job: Job | None = None,
-        decode: Callable[[bytes], Any] | None = None,
-    ) -> Any:
-        """GET a path under the host and return the decoded JSON body (by `decode` where it returns one).
+    def get(self, path: str, params: Mapping[str, Any] | None = None, job: Job | None = None) -> Any:
+        """GET a path under the host and return the decoded JSON body.
 
         5xx answers, transport errors and broken bodies are retried up to `max_attempts`; 429s are not
         attempts: they are waited out (the whole key waits) for up to `max_wait_s` in all per request.
@@ -132,7 +129,7 @@ class PostHogClient:
         discovery, probes) count on the totals only.
         """
         retrying = self._retrying.copy(before_sleep=partial(self._before_sleep, job))
-        return retrying(self._get_once, path, dict(params or {}), Throttled(), job, decode)
+        return retrying(self._get_once, path, dict(params or {}), Throttled(), job)
 
     def _pace(self, path: str, now: float, job: Job | None) -> float:
         """Wait until the key's buckets would allow GET `path`; returns the time waited until."""
@@ -184,18 +181,13 @@ class PostHogClient:
                 # still holding the slot: no other request goes out before the key knows of this 429
                 self._throttled(response, path, where, now, throttled, job)
 
-    def _get_once(
-        self, path: str, params: dict[str, Any], throttled: Throttled, job: Job | None,
-        decode: Callable[[bytes], Any] | None = None,
-    ) -> Any:
+    def _get_once(self, path: str, params: dict[str, Any], throttled: Throttled, job: Job | None) -> Any:
         where = f"GET {path}" + (f"?{httpx.QueryParams(params)}" if params else "")
         response = self._send(path, params, where, throttled, job)
         error = error_for(response, where, self.host, project=job.project_id if job else None,
                           too_big=job is not None and job.endpoint.too_big, project_token=self._project_token)
         if error is not None:
             raise error
-        if decode is not None and (body := decode(response.content)) is not None:
-            return body
         try:
             return orjson.loads(response.content)
         except orjson.JSONDecodeError as error:
@@ -226,13 +218,11 @@ class PostHogClient:
 
     def pages(
         self, path: str, params: Mapping[str, Any], shape: str, limits: QueryLimits | None = None,
-        job: Job | None = None, decode: Callable[[bytes], Any] | None = None,
+        job: Job | None = None,
     ) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
-        """Yield (rows, body) for every page of a list (see `paging.pages`), each request counted on `job`;
-        `decode` may decode a page's bytes itself (see `arrow.decode_page`)."""
+        """Yield (rows, body) for every page of a list (see `paging.pages`), each request counted on `job`."""
         return paging.pages(
-            partial(self.get, job=job, decode=decode), path, params, shape, limits,
-            partial(self._count, "retries", job),
+            partial(self.get, job=job), path, params, shape, limits, partial(self._count, "retries", job)
         )
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from itertools import pairwise
 from typing import Any
 
@@ -22,7 +21,7 @@ import dlt
 import orjson
 import pyarrow as pa
 
-from .arrow import ArrowRows, Drift, decode_page, dlt_columns, to_arrow
+from .arrow import Drift, dlt_columns, to_arrow
 from .client import PostHogClient
 from .endpoints import MERGE, ColumnType, Endpoint
 from .errors import BudgetExhausted, PostHogError, QueryTooBig, ResourceUnavailable, TransientError
@@ -99,14 +98,9 @@ def page_items(job: Job, ctx: Context, rows: list[ROW]) -> tuple[pa.Table | None
     columns: dict[str, ColumnType] = {"project_id": "bigint", **endpoint.columns}
     if endpoint.delete_missing:
         columns[DELETED] = "bool"
-    if isinstance(rows, ArrowRows):  # decoded straight into Arrow (see `_decoder`)
-        table = rows.table(job.project_id)
-        if unknown := rows.unknown - set(endpoint.children):
-            ctx.drift.add(endpoint.name, unknown)
-    else:
-        table = to_arrow(
-            endpoint.name, rows, columns, drift=ctx.drift, evolve=ctx.evolve, elsewhere=endpoint.children
-        )
+    table = to_arrow(
+        endpoint.name, rows, columns, drift=ctx.drift, evolve=ctx.evolve, elsewhere=endpoint.children
+    )
     job.run.rows_loaded += table.num_rows
     # hints as a table variant: dlt starts child variants from the resource's hints, and the
     # parent's declared columns must not leak into child tables
@@ -257,15 +251,13 @@ def _read_windows(
     failed: timedelta | None = None  # the narrowest window that was too big
     seen = _Seen(endpoint)
     previous: set[Any] = set()
-    decode = _decoder(endpoint, ctx)
     while True:
         params = {**endpoint.params, "date_from": lower, "limit": ctx.page_size(endpoint)}
         if upper is not None:
             params["date_to"] = iso(upper)
         last_start: str | None = None
         try:
-            pages = ctx.client.pages(job.path, params, endpoint.paging, limits, job, decode)
-            for page, (rows, body) in enumerate(pages):
+            for page, (rows, body) in enumerate(ctx.client.pages(job.path, params, endpoint.paging, limits, job)):
                 if page == 0 and upper is None and lower == date_from and isinstance(body.get("count"), int):
                     run.api_count = body["count"]
                 ctx.report.fetched(run, len(rows))
@@ -273,16 +265,11 @@ def _read_windows(
                     # keyset and `date_from` pages repeat rows already read (ties, sessions crossing the
                     # new `date_from` with a later start, §7.1): those are dropped
                     last_start = rows[-1].get(endpoint.cursor) if rows else last_start
-                    rows = rows.subset(seen.fresh(rows, last_start)) if isinstance(rows, ArrowRows) else \
-                        seen.fresh(rows, last_start)
+                    rows = seen.fresh(rows, last_start)
                 else:  # offset pages can repeat a row on a boundary; one page back is as far as a shift reaches
                     current: set[Any] = set()
-                    kept = [r for r in _dedupe(rows, current, endpoint.primary_key) if (r.get("id"),) not in previous]
-                    rows = rows.subset(kept) if isinstance(rows, ArrowRows) else kept
+                    rows = [r for r in _dedupe(rows, current, endpoint.primary_key) if (r.get("id"),) not in previous]
                     previous = current
-                if isinstance(rows, ArrowRows) and (upper is not None or (
-                        known and endpoint.partial_at_edge and any(r.get("id") in known for r in rows))):
-                    rows = rows.dicts()  # held and partial rows are handled (and merged) as whole rows
                 if endpoint.detail:
                     rows = _fetch_details(job, ctx, rows)
                 for row in rows:
@@ -319,16 +306,6 @@ def _read_windows(
         upper = upper + span
         if upper >= datetime.now(UTC):
             upper = None
-
-
-def _decoder(endpoint: Endpoint, ctx: Context) -> Callable[[bytes], Any] | None:
-    """Decode list pages straight into Arrow where the page's rows are loaded as they are (no child lists,
-    detail reads or deletion marks, and no new columns to infer); see `arrow.decode_page`."""
-    if endpoint.paging != "has_next" or endpoint.children or endpoint.detail or endpoint.delete_missing or ctx.evolve:
-        return None
-    fields = tuple(dict.fromkeys(f for f in (*endpoint.primary_key, endpoint.cursor, endpoint.end, endpoint.ongoing)
-                                 if f))
-    return partial(decode_page, columns=dict(endpoint.columns), fields=fields)
 
 
 class _Seen:
