@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/benchmark.py --rows 30000 [--latency-ms 0]
         [--resource session_recordings|desktop_recordings] [--destination duckdb|parquet]
-        [--peer/--no-peer] [--segments 100] [--page-size N] [--incremental [--new 1000]]
+        [--peer/--no-peer] [--bare] [--segments 100] [--page-size N] [--incremental [--new 1000]]
 
 Starts the fake PostHog (`python -m fake_posthog`) in a subprocess, then runs each sync in a
 subprocess of its own, into a fresh temporary output and dlt pipelines folder, and prints rows/s, peak
@@ -10,6 +10,8 @@ RSS (from `wait4`), list requests (from the fake's `/_fake/requests`), wall time
 time (user + sys, including start-up; steadier than wall time on a busy machine), plus the ratios.
 Ours runs in the repository (its `.dlt/config.toml` applies); the peer runs in an empty folder, so it
 gets dlt's defaults. Wall time is the sync call itself, without interpreter start and imports.
+`--bare` also runs a bare client (httpx + `orjson.loads`, page after page, nothing stored): the ceiling
+that reading and decoding alone allow against this fake; "fake CPU s" is the fake's own CPU time meanwhile.
 
 `--incremental` measures the hourly case instead: a first sync stores `--rows`, the fake's clock moves on
 (`--new` recordings appear and the ongoing ones grow; for desktop recordings one new recording starts and
@@ -53,6 +55,7 @@ class Result:
     peak_rss_mb: float
     list_requests: int
     cpu_seconds: float
+    fake_cpu_seconds: float = 0.0  # CPU time of the fake PostHog while this sync ran
     loaded: int = 0  # rows the sync's load wrote into the counted table
     rewritten: int = 0  # rows of the counted table the sync wrote to disk (Parquet: files it wrote)
 
@@ -97,16 +100,28 @@ def request_counts(url: str) -> dict[str, int]:
         return json.loads(response.read())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (Linux `/proc`), 0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _env() -> dict[str, str]:
     # no telemetry, and only errors on stderr (dlt warns per page about hints it overrides)
     return {**os.environ, "PYTHONPATH": str(REPO), "RUNTIME__DLTHUB_TELEMETRY": "false", "RUNTIME__LOG_LEVEL": "ERROR"}
 
 
-def measure(name: str, args: argparse.Namespace, url: str, workdir: Path | None = None) -> Result:
-    """Run one sync (`ours` or `peer`) in a fresh subprocess and temp folder (or `workdir`, kept); measure it."""
+def measure(
+    name: str, args: argparse.Namespace, url: str, workdir: Path | None = None, fake_pid: int = 0
+) -> Result:
+    """Run one sync (`ours`, `peer` or `bare`) in a fresh subprocess and temp folder (or `workdir`, kept);
+    measure it."""
     keep = workdir is not None
     workdir = workdir or Path(tempfile.mkdtemp(prefix=f"bench_{name}_"))
-    before = request_counts(url)
+    before, fake_before = request_counts(url), cpu_seconds(fake_pid)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--url", url,
                "--workdir", str(workdir), "--resource", args.resource, "--destination", args.destination]
     if args.page_size:
@@ -127,7 +142,7 @@ def measure(name: str, args: argparse.Namespace, url: str, workdir: Path | None 
     listing = f"/api/projects/{PROJECT}/{args.resource}/"
     return Result(name, child["rows"], child["seconds"], usage.ru_maxrss / 1024,
                   after.get(listing, 0) - before.get(listing, 0), usage.ru_utime + usage.ru_stime,
-                  child.get("loaded", 0), child.get("rewritten", 0))
+                  cpu_seconds(fake_pid) - fake_before, child.get("loaded", 0), child.get("rewritten", 0))
 
 
 def run_ours(url: str, workdir: Path, resource: str, destination: str, page_size: int | None) -> float:
@@ -182,6 +197,28 @@ def run_peer(url: str, workdir: Path, resource: str, page_size: int) -> float:
     return time.perf_counter() - started
 
 
+def run_bare(url: str, resource: str, page_size: int) -> tuple[int, float]:
+    """Every page of the listing read with httpx and decoded with orjson, nothing else; returns rows, seconds."""
+    import httpx
+    import orjson
+
+    params: dict[str, Any] = {"limit": page_size}
+    if resource == "session_recordings":
+        params.update(order="start_time", order_direction="ASC", date_from=INITIAL)
+    path, rows = f"/api/projects/{PROJECT}/{resource}/", 0
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as client:
+        started = time.perf_counter()
+        while True:
+            body = orjson.loads(client.get(path, params=params).content)
+            rows += len(body["results"])
+            if body.get("next_cursor") and body.get("has_next"):
+                params["after"] = body["next_cursor"]
+            elif body.get("next"):
+                params["offset"] = params.get("offset", 0) + len(body["results"])
+            else:
+                return rows, time.perf_counter() - started
+
+
 def count_rows(workdir: Path, table: str, destination: str, since: float = 0.0) -> tuple[int, int]:
     """Rows in a table of the sync's output, and how many of them arrived in loads started at or after
     `since` (epoch seconds: dlt's load ids are timestamps, and each row carries its `_dlt_load_id`)."""
@@ -211,6 +248,10 @@ def child(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir)
     page_size = args.page_size or ENDPOINTS[args.resource].page_size
     table, started = COUNTED[args.resource], time.time()
+    if args.child == "bare":
+        rows, seconds = run_bare(args.url, args.resource, page_size)
+        print(json.dumps({"rows": rows, "seconds": seconds}))
+        return
     if args.child == "ours":
         seconds = run_ours(args.url, workdir, args.resource, args.destination, args.page_size)
         destination = args.destination
@@ -225,12 +266,14 @@ def report(args: argparse.Namespace, results: Sequence[Result]) -> None:
     """Print the measured table and, with a peer, the ratios."""
     print(f"\n{args.resource}: {args.rows:,} rows, latency {args.latency_ms:g} ms, "
           f"destination {args.destination} (peer: duckdb); rows = {COUNTED[args.resource]}")
-    print(f"{'sync':<6}{'rows':>12}{'rows/s':>12}{'peak RSS MB':>13}{'list requests':>15}{'wall s':>9}{'CPU s':>8}")
+    print(f"{'sync':<6}{'rows':>12}{'rows/s':>12}{'peak RSS MB':>13}{'list requests':>15}{'wall s':>9}{'CPU s':>8}"
+          f"{'fake CPU s':>12}")
     for r in results:
         print(f"{r.name:<6}{r.rows:>12,}{r.rows_per_s:>12,.0f}{r.peak_rss_mb:>13,.0f}{r.list_requests:>15,}"
-              f"{r.seconds:>9.1f}{r.cpu_seconds:>8.1f}")
-    if len(results) == 2:
-        ours, peer = results
+              f"{r.seconds:>9.1f}{r.cpu_seconds:>8.1f}{r.fake_cpu_seconds:>12.1f}")
+    peers = [r for r in results if r.name == "peer"]
+    if peers:
+        ours, peer = results[0], peers[0]
         print(f"ours/peer rows/s: {ours.rows_per_s / peer.rows_per_s:.1f}x; "
               f"peer/ours peak RSS: {peer.peak_rss_mb / ours.peak_rss_mb:.1f}x")
 
@@ -272,12 +315,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--destination", choices=["duckdb", "parquet"], default="duckdb")
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the generic rest_api pipeline (default: yes)")
+    parser.add_argument("--bare", action="store_true", help="also run a bare client (httpx + orjson only)")
     parser.add_argument("--segments", type=int, default=100, help="transcript segments per recorded hour")
     parser.add_argument("--page-size", type=int, help="page size for both (default: the endpoint table's)")
     parser.add_argument("--incremental", action="store_true",
                         help="a first sync, then a second one after --new recordings (ours only)")
     parser.add_argument("--new", type=int, default=1000, help="recordings added before the second sync")
-    parser.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["ours", "peer", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -294,9 +338,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.incremental:
             incremental(args, url)
             return
-        results = [measure("ours", args, url)]
+        results = [measure("ours", args, url, fake_pid=fake.pid)]
         if args.peer:
-            results.append(measure("peer", args, url))
+            results.append(measure("peer", args, url, fake_pid=fake.pid))
+        if args.bare:
+            results.append(measure("bare", args, url, fake_pid=fake.pid))
     finally:
         fake.terminate()
         fake.wait()
