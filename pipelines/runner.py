@@ -189,12 +189,12 @@ class SyncResult:
         return found
 
 
-def _destination(options: SyncOptions) -> tuple[Any, str | None]:
+def _destination(options: SyncOptions) -> Any:
     return destination_for(options.destination, options.output, options.dataset)
 
 
-def destination_for(kind: str, output: str, dataset: str, *, read_only: bool = False) -> tuple[Any, str | None]:
-    """The dlt destination of `--destination`/`--output`/`--dataset` and the load file format to use."""
+def destination_for(kind: str, output: str, dataset: str, *, read_only: bool = False) -> Any:
+    """The dlt destination of `--destination`/`--output`/`--dataset`."""
     if kind == "duckdb":
         path = Path(output)
         if path.stem == dataset:
@@ -210,11 +210,11 @@ def destination_for(kind: str, output: str, dataset: str, *, read_only: bool = F
             str(path.resolve()), global_config={"memory_limit": DUCKDB_MEMORY, "preserve_insertion_order": False},
             read_only=read_only,
         )
-        return dlt.destinations.duckdb(credentials), "parquet"
+        return dlt.destinations.duckdb(credentials)
     if kind in ("parquet", "filesystem"):
         url = output if "://" in output else Path(output).resolve().as_uri()
-        return dlt.destinations.filesystem(bucket_url=url), "parquet"
-    return resolve_destination(kind), None
+        return dlt.destinations.filesystem(bucket_url=url)
+    return resolve_destination(kind)
 
 
 def _quiet_arrow_hints(record: logging.LogRecord) -> bool:
@@ -306,11 +306,10 @@ def run_sync(
     `console` (default stderr) shows the live display when it is a terminal.
     """
     settings = options.settings()
-    destination, file_format = _destination(options)
-    client = settings.client(transport, clock)
-    source = posthog_source(settings=settings, resources=options.resources, client=client)
-    session = session_of(source)
+    destination = _destination(options)
     with exclusive(options):
+        client = settings.client(transport, clock)
+        source = posthog_source(settings=settings, resources=options.resources, client=client)
         pipeline = dlt.pipeline(
             options.pipeline_name,
             destination=destination,
@@ -318,9 +317,8 @@ def run_sync(
             pipelines_dir=options.pipelines_dir,
         )
         with SyncProgress(client.stats, default_mode(options.quiet, console), console=console) as progress:
-            session.report.on_page = progress.page
-            result = run(pipeline, source, full_refresh=options.full_refresh, loader_file_format=file_format,
-                         interruption=interruption or Interruption())
+            session_of(source).report.on_page = progress.page
+            result = run(pipeline, source, full_refresh=options.full_refresh, interruption=interruption)
     print_summary(result, options)
     return result
 

@@ -91,7 +91,7 @@ def read_status(
     if output is not None:
         _check_local_output(destination, output)
     status = Status(destination, output, dataset, pipeline_name)
-    target, _ = destination_for(destination, output or "", dataset, read_only=True)
+    target = destination_for(destination, output or "", dataset, read_only=True)
     with tempfile.TemporaryDirectory(prefix="posthog-export-status-") as workdir:
         pipeline = dlt.pipeline(pipeline_name, destination=target, dataset_name=dataset, pipelines_dir=workdir)
         pipeline.sync_destination()  # restores state and schema of the newest completed load, if any

@@ -292,12 +292,12 @@ def test_definitions_stored_before_the_listing_key_do_not_stay_beside_their_new_
     # the table as the release before `listing` left it: one row per (project, type, index, id), no listing
     old = [{k: v for k, v in {**r, "project_id": p}.items() if k in ("project_id", "id", "type", "name")}
            for p in PROJECTS for r in fake.truth(p, "property_definitions")]
-    target, file_format = _destination(options)
+    target = _destination(options)
     pipeline = dlt.pipeline(options.pipeline_name, destination=target, dataset_name=options.dataset,
                             pipelines_dir=options.pipelines_dir)
     # loaded as Arrow, as the release did (no _dlt_load_id/_dlt_id columns)
     pipeline.run(dlt.resource(pa.Table.from_pylist(old), name="property_definitions", write_disposition="append"),
-                 loader_file_format=file_format)  # type: ignore[arg-type]
+                 loader_file_format="parquet")  # as the runner loads DuckDB and Parquet
     sync(options)
     if destination == "duckdb":
         rows = query(options, "SELECT project_id, listing, id FROM posthog.property_definitions")
