@@ -114,14 +114,6 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
-# a setting's flag, for errors about it (sources/posthog/settings.py names the setting only)
-FLAGS = {
-    "project_ids": "--project-id", "host": "--host", "allow_insecure_http": "--allow-insecure-http",
-    "lookback_days": "--lookback-days", "rate_limit_plan": "--rate-limit-plan", "resources": "--resources",
-    "max_wait_minutes": "--max-wait-minutes", "personal_api_key": "POSTHOG_PERSONAL_API_KEY",
-}
-
-
 def default_output(destination: str) -> str:
     """Where `--output` points when not given, for `sync` and `status` alike."""
     return DEFAULT_PARQUET_OUTPUT if destination == "parquet" else DEFAULT_OUTPUT
@@ -223,8 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             echo(str(error.__cause__).strip(), err=True)
         return EXIT_USAGE
     except SettingsError as error:
-        flag = FLAGS.get(error.field)
-        echo(f"error: {error}" + (f" ({flag} or sources.posthog.{error.field})" if flag else ""), err=True)
+        echo(f"error: {with_hint(str(error), error)}", err=True)
         return EXIT_USAGE
     except AlreadyRunning as error:
         echo(f"error: {error}", err=True)

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from sources.posthog.errors import AuthError, BudgetExhausted, NotPostHog, ProjectNotFound
+from sources.posthog.settings import SettingsError
+
+# a setting's flag (or variable), for errors about it: settings.py names the setting only
+FLAGS = {
+    "project_ids": "--project-id", "host": "--host", "allow_insecure_http": "--allow-insecure-http",
+    "lookback_days": "--lookback-days", "rate_limit_plan": "--rate-limit-plan", "resources": "--resources",
+    "max_wait_minutes": "--max-wait-minutes", "personal_api_key": "POSTHOG_PERSONAL_API_KEY",
+}
 
 
 def hint(error: BaseException | None) -> str:
     """The command-line hint for an error, or "" when no flag would help."""
+    if isinstance(error, SettingsError):
+        flag = FLAGS.get(error.field)
+        return f"{flag} or sources.posthog.{error.field}" if flag else ""
     if isinstance(error, AuthError):
         if error.project_token:
             return ""
