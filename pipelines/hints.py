@@ -5,11 +5,11 @@ from __future__ import annotations
 from sources.posthog.errors import AuthError, BudgetExhausted, NotPostHog, ProjectNotFound
 from sources.posthog.settings import SettingsError
 
-# a setting's flag (or variable), for errors about it: settings.py names the setting only
+# a setting's flag, for errors about it: settings.py names the setting only
 FLAGS = {
     "project_ids": "--project-id", "host": "--host", "allow_insecure_http": "--allow-insecure-http",
     "lookback_days": "--lookback-days", "rate_limit_plan": "--rate-limit-plan", "resources": "--resources",
-    "max_wait_minutes": "--max-wait-minutes", "personal_api_key": "POSTHOG_PERSONAL_API_KEY",
+    "max_wait_minutes": "--max-wait-minutes",
 }
 
 
