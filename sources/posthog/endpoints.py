@@ -82,6 +82,10 @@ class Endpoint:
     # key columns added after a release created the table: nullable, so an existing table can gain them;
     # its older rows (null there) are deleted once a load has written every current row again
     late_key: tuple[str, ...] = ()
+    # declared columns PostHog does not send as row fields (tags we add, values lifted out of nested
+    # objects): the column contract test (tests/test_contract.py) checks every other column against
+    # the field lists in shared/posthog-fields.json
+    derived: tuple[str, ...] = ()
 
     @property
     def ascending(self) -> bool:
@@ -264,6 +268,7 @@ PROPERTY_DEFINITIONS = Endpoint(
     # Virtual ids repeat across listings, so the key is (listing, id).
     primary_key=("listing", "id"),
     late_key=("listing",),  # added 2026-12
+    derived=("listing", "type", "group_type_index"),
     scan_tags=("type", "group_type_index"),
     delete_missing=True,
     group_types="groups_types",
