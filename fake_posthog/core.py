@@ -31,19 +31,21 @@ from .base import (
 )
 from .faults import Faults, _error_body
 from .lists import Lists, _drf
+from .playlists import Playlists
 from .recordings import Recordings, _Stream
 
-_ENV_ROUTES = {"session_recordings", "desktop_recordings", "subscriptions"}
+_ENV_ROUTES = {"session_recordings", "desktop_recordings", "subscriptions", "session_recording_playlists"}
 
 
-class FakePostHog(Recordings, Lists, Faults):
+class FakePostHog(Recordings, Lists, Playlists, Faults):
     """A deterministic, thread-safe PostHog API fake with a movable clock; ``serve()`` starts HTTP.
 
     Recordings behave like the newest servers by default (``keyset=True``: `next_cursor`, a tiebreaker,
     `session_ids` skipping the date window). ``keyset=False`` is an older server: offset paging only,
     no tiebreaker (equal start times, see ``tie_group``, come in a different order per query), and
     `session_ids` re-reads cut by the date window (default ``-3d``). See ``too_big`` and
-    ``delete_recording`` for ClickHouse limits and deletions. ``transport()`` answers in process.
+    ``delete_recording`` for ClickHouse limits and deletions. ``playlist_tiebreaker=False`` lists
+    playlists as older servers do (no id tiebreaker, no 500 cap). ``transport()`` answers in process.
     """
 
     def __init__(self, *, project_ids: Sequence[int] = (1, 2), recordings: int = 120,
@@ -52,7 +54,7 @@ class FakePostHog(Recordings, Lists, Faults):
                  now: datetime | None = None, api_key: str = "phx_fake_personal_key",
                  recording_step_s: int = 600, keyset: bool = True, latency_s: float = 0.0,
                  retention_days: int = 365, tie_group: int = 1, subscription_order: str = "heap",
-                 verified_first: bool = True) -> None:
+                 verified_first: bool = True, playlists: int = 8, playlist_tiebreaker: bool = True) -> None:
         self._lock = threading.RLock()
         self._now_us = _to_us(now or datetime.now(UTC).replace(microsecond=0))
         self.requests: list[FakeRequest] = []
@@ -75,6 +77,7 @@ class FakePostHog(Recordings, Lists, Faults):
                          desktop_recordings=desktop_recordings, segments=segments, subscriptions=subscriptions,
                          property_definitions=property_definitions, subscription_order=subscription_order,
                          verified_first=verified_first)
+        self._init_playlists(max(self._now_us // US - self._rbase, 86400), playlists, playlist_tiebreaker)
 
     # -- clock and schema drift ------------------------------------------------------------------
 
@@ -103,9 +106,15 @@ class FakePostHog(Recordings, Lists, Faults):
         self.add_field(resource, field, value)
 
     def truth(self, project_id: int, resource: str) -> list[dict[str, Any]]:
-        """Every current object of ``resource``, complete: its detail row merged onto its list row."""
+        """Every current object of ``resource``, complete: its detail row merged onto its list row.
+
+        ``session_recording_playlist_items``: every member of every listed collection (synthetic ones
+        too), as (playlist_id, playlist_short_id, session_id), whether PostHog would return it or not.
+        """
         with self._lock:
             p, now_us = project_id, self._now_us
+            if resource == "session_recording_playlist_items":
+                return self._playlist_items_truth(p)
             if _check(resource) == "session_recordings":
                 a, b, _, dels = self._rec_window(p, None, None, now_us)
                 rows: list[Any] = self._rec_rows(p, self._rec_take(a, b, [], dels, 0, b - a - len(dels)), now_us)
@@ -116,6 +125,8 @@ class FakePostHog(Recordings, Lists, Faults):
                 rows = [self._desktop_row(p, k, now_us) for k in range(self._n_desktop(now_us))]
             elif resource == "subscriptions":
                 rows = [self._sub_row(r) for r in self._subs[p] if r is not None]
+            elif resource == "session_recording_playlists":
+                rows = self._playlists_truth(p)
             else:
                 rows = [{**r, "type": t, "group_type_index": g} for (t, g), defs in self._defs[p].items()
                         for r in self._defs_out(defs + self._virtual(t))]
@@ -191,6 +202,8 @@ class FakePostHog(Recordings, Lists, Faults):
         if resource == "groups_types" and len(rest) == 2 and parts[1] == "projects":
             return 200, [{"group_type": _GROUP_NAMES[g], "group_type_index": g, "name_singular": None,
                           "name_plural": None} for g in range(self.group_types)], None
+        if resource == "session_recording_playlists" and (pid, resource) not in self._disabled:
+            return *self._playlists_route(pid, rest[2:], params, url), resource
         if resource not in RESOURCES or len(rest) > 3 or (
                 parts[1] == "environments" and resource not in _ENV_ROUTES):
             return 404, not_found, None

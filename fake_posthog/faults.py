@@ -16,7 +16,8 @@ from .base import RESOURCES, US, State, _check, _err
 
 SCOPES = {"session_recordings": "session_recording:read", "session_group_summaries": "session_recording:read",
           "desktop_recordings": "desktop_recording:read", "subscriptions": "subscription:read",
-          "property_definitions": "property_definition:read"}
+          "property_definitions": "property_definition:read",
+          "session_recording_playlists": "session_recording_playlist:read"}
 
 
 def _error_body(status: int, resource: str | None = None, wait_s: int = 1, listing: bool = False,
@@ -174,6 +175,8 @@ class Faults(State):
         recordings = len(parts) >= 4 and parts[3] == "session_recordings"
         scopes = (["analytics", "recordings_list"] if len(parts) == 4 else ["analytics"]) if recordings \
             else ["general"]
+        if len(parts) >= 4 and parts[3] == "session_recording_playlists":
+            scopes = ["analytics"]  # ClickHouse only, no listing tier, list and /recordings/ (§5)
         now = self._clock()
         self._run_competitors(now)
         wait, binding = self._wait_for(scopes, now)

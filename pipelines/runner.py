@@ -34,7 +34,7 @@ from sources.posthog.client import ClientStats
 from sources.posthog.errors import AuthError, NotPostHog, PostHogError, ProjectNotFound
 from sources.posthog.report import REPORT_COLUMNS, REPORT_TABLE
 from sources.posthog.settings import Clock
-from sources.posthog.sync import DELETED, child_table, parent_column
+from sources.posthog.sync import DELETED, child_table, members_merge_key, parent_column
 
 from .destinations import check_destination, resolve_destination
 from .hints import with_hint
@@ -188,6 +188,12 @@ class SyncResult:
                 found.append(f"{where}: PostHog counted {run.api_count} rows, {run.rows_loaded} were loaded")
         return found
 
+    def notes(self) -> list[str]:
+        """What the summary says besides warnings, never a failure, not even with `--strict` (what
+        PostHog returns only in part by design, e.g. large playlist collections)."""
+        return [f"{run.resource} project {run.project_id}: {note}" for run in self.report.runs.values()
+                for note in run.notes]
+
 
 def _destination(options: SyncOptions) -> Any:
     return destination_for(options.destination, options.output, options.dataset)
@@ -247,6 +253,9 @@ def _compact(resource: str, pipeline: Any) -> None:
             compact_table(
                 fs, folder(child_table(endpoint, name)), ("project_id", parent, "position"), ("project_id", parent)
             )
+        if endpoint.members:
+            members = endpoint.members.endpoint
+            compact_table(fs, folder(members.name), members.key, members_merge_key(endpoint), deleted=DELETED)
 
 
 def _drop_rows_of_an_older_key(resource: str, pipeline: Any) -> None:
@@ -407,7 +416,8 @@ def _load_one(
         if isinstance(cause, AuthError | ProjectNotFound | NotPostHog):
             raise cause from error  # nothing else can work either: stop the run
         failures[resource] = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        session.report.failed(resource, failures[resource], session.project_ids())
+        for table in ENDPOINTS[resource].tables:
+            session.report.failed(table, failures[resource], session.project_ids())
         return False
     return True
 
@@ -457,6 +467,8 @@ def print_summary(result: SyncResult, options: SyncOptions) -> None:
     print_rate_buckets(result.client_stats)
     for warning in result.warnings():
         echo(f"warning: {warning}", err=True)
+    for note in result.notes():
+        echo(f"note: {note}")
     for table, names in sorted(report.drift.items()):
         for name in sorted(names):
             if options.evolve:

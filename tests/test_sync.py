@@ -23,8 +23,9 @@ COMPARED = {
     "desktop_recordings": ["id", "status", "started_at", "updated_at", "transcript_text", "summary"],
     "subscriptions": ["id", "deleted", "title", "target_type"],
     "property_definitions": ["type", "group_type_index", "id", "name"],
+    "session_recording_playlists": ["id", "short_id", "name", "type", "is_synthetic", "last_modified_at"],
 }
-TIMESTAMPS = {"start_time", "end_time", "created_at", "started_at", "updated_at"}
+TIMESTAMPS = {"start_time", "end_time", "created_at", "started_at", "updated_at", "last_modified_at"}
 
 
 def _norm(column: str, value: Any) -> Any:

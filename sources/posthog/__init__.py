@@ -52,7 +52,7 @@ def endpoint_resource(endpoint: Endpoint, session: Session) -> DltResource:
 
     def rows() -> Any:
         yield from read_endpoint(endpoint, ctx, session.project_ids())
-        report = session.report.written(endpoint.name)
+        report = session.report.written(*endpoint.tables)
         if report:  # in the same load as the rows they count (a table variant: append, its own columns)
             yield dlt.mark.with_hints(report, _report_hints(), create_table_variant=True)
 
@@ -97,8 +97,8 @@ def posthog_source(
     client: PostHogClient | None = None,
     report: SyncReport | None = None,
 ) -> list[DltResource]:
-    """PostHog session recordings, group summaries, desktop recordings, subscriptions and property
-    definitions of one or more projects, synced incrementally.
+    """PostHog session recordings, group summaries, desktop recordings, subscriptions, property
+    definitions and recording playlists of one or more projects, synced incrementally.
 
     Every setting argument (see `PostHogSettings`) is resolved by dlt: given here, else
     `SOURCES__POSTHOG__<NAME>`, else `[sources.posthog]` in `.dlt/*.toml`, else the default.

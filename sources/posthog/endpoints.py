@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from .pacing import GENERAL
+from .pacing import ANALYTICS, GENERAL
 
 # Declared column types use dlt's data type names; `json` columns hold nested objects as JSON.
 ColumnType = Literal["text", "bigint", "double", "bool", "timestamp", "json"]
@@ -35,6 +35,31 @@ class Child:
 
     columns: Mapping[str, ColumnType]
     scalar: str | None = None  # set for lists of plain values: the column the value lands in
+
+
+@dataclass(frozen=True)
+class Members:
+    """Which objects each row of a full listing holds, read from a listing per row (playlist members).
+
+    Every run re-reads every parent's members and replaces them: membership changes move no timestamp
+    of the parent (§7.7). `endpoint` gives the member table's name, columns, key, rate buckets and page
+    size; its `path` is appended to the parent's path and `row[lookup]`.
+    """
+
+    endpoint: Endpoint
+    lookup: str
+    # member table column <- parent row field
+    parent: Mapping[str, str]
+    # member table column <- member row field
+    member: tuple[str, str]
+    # only parents whose field holds one of these values have members to read
+    read_when: tuple[str, tuple[Any, ...]]
+    # parents whose member listing pages by limit/offset; the others answer in one page, whatever is asked
+    paged_when: str
+    # where in a parent row PostHog counts its members
+    expected: tuple[str, ...]
+    # the parent column set true when PostHog may hold more members than it returned
+    flag: str
 
 
 @dataclass(frozen=True)
@@ -86,6 +111,15 @@ class Endpoint:
     # objects): the column contract test (tests/test_contract.py) checks every other column against
     # the field lists in shared/posthog-fields.json
     derived: tuple[str, ...] = ()
+    # PostHog's most rows per page: a larger `limit` is clipped to it (playlists, §7.7)
+    max_page_size: int | None = None
+    # another listing per row, `<path>/<row[lookup]>/<members.path>/`, landing as its own table
+    members: Members | None = None
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The tables this endpoint's resource loads (child tables aside): its own and its members'."""
+        return (self.name, *((self.members.endpoint.name,) if self.members else ()))
 
     @property
     def ascending(self) -> bool:
@@ -300,10 +334,70 @@ PROPERTY_DEFINITIONS = Endpoint(
     },
 )
 
+PLAYLIST_ITEMS = Endpoint(
+    name="session_recording_playlist_items",
+    # `/:short_id/recordings/`: the recordings list shape (§7.1). Only membership lands here; the
+    # recordings' own fields are in session_recordings (these rows can come from Postgres with nulls)
+    path="recordings",
+    paging="has_next",
+    sync="full",
+    primary_key=("playlist_id", "session_id"),
+    buckets=ANALYTICS,  # ClickHouse only, no listing tier (§5)
+    page_size=100,
+    derived=("playlist_id", "playlist_short_id", "session_id"),
+    columns={"playlist_id": "bigint", "playlist_short_id": "text", "session_id": "text"},
+)
+
+PLAYLISTS = Endpoint(
+    name="session_recording_playlists",
+    path="session_recording_playlists",
+    paging="drf",
+    sync="full",
+    primary_key=("id",),
+    buckets=ANALYTICS,
+    page_size=100,
+    max_page_size=500,  # larger limits are clipped (§7.7)
+    # deletions are never listed (§7.7): a full scan each run, and a proven one deletes what it no longer holds
+    delete_missing=True,
+    # oldest first on a field rows never change, with an id tiebreaker on newer servers; the six
+    # synthetic rows (null timestamps) come last under ascending orders
+    ordering=("order", "created_at"),
+    derived=("items_partial",),
+    members=Members(
+        endpoint=PLAYLIST_ITEMS,
+        lookup="short_id",
+        parent={"playlist_id": "id", "playlist_short_id": "short_id"},
+        member=("session_id", "id"),
+        # saved filters hold no items: their recordings are whatever their filters match now (§7.7)
+        read_when=("type", ("collection",)),
+        paged_when="is_synthetic",
+        expected=("recordings_counts", "collection", "count"),
+        flag="items_partial",
+    ),
+    columns={
+        "id": "bigint",
+        "short_id": "text",
+        "name": "text",
+        "derived_name": "text",
+        "description": "text",
+        "pinned": "bool",
+        "created_at": "timestamp",
+        "created_by": USER,
+        "deleted": "bool",
+        "filters": "json",
+        "last_modified_at": "timestamp",
+        "last_modified_by": USER,
+        "recordings_counts": "json",
+        "type": "text",
+        "is_synthetic": "bool",
+        "items_partial": "bool",
+    },
+)
+
 # Every reader yields each key at most once per run (see sync.py), so dlt can skip de-duplicating its
 # staging data: the most expensive step of a large merge.
 MERGE = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
 
 ENDPOINTS: dict[str, Endpoint] = {
-    e.name: e for e in (RECORDINGS, SUMMARIES, DESKTOP, SUBSCRIPTIONS, PROPERTY_DEFINITIONS)
+    e.name: e for e in (RECORDINGS, SUMMARIES, DESKTOP, SUBSCRIPTIONS, PROPERTY_DEFINITIONS, PLAYLISTS)
 }

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 MINUTE, HOUR = 60.0, 3600.0
 GENERAL: tuple[str, ...] = ("general",)  # the buckets of requests no endpoint claims (project lists, probes)
+ANALYTICS: tuple[str, ...] = ("analytics",)  # ClickHouse-backed endpoints without a listing tier (playlists)
 # per key: the listing tier of session recordings depends on the organisation's plan
 PLANS: dict[str, tuple[int, int]] = {"free": (12, 60), "paid": (60, 300), "enterprise": (100, 400)}
 DEFAULT_LIMITS: dict[str, tuple[int, int]] = {"general": (480, 4800), "analytics": (240, 1200)}

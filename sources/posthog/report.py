@@ -49,6 +49,8 @@ class ResourceRun:
     status: str = "ok"  # ok | skipped | incomplete | failed
     reason: str | None = None
     error: Exception | None = field(default=None, repr=False, compare=False)  # what stopped it, not stored
+    # what the summary should say that is no failure (collections PostHog returns in part), not stored
+    notes: list[str] = field(default_factory=list, repr=False, compare=False)
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Job:
 
 
 # the fields of a run that `_sync_report` stores (`error` is for messages only)
-_STORED = [f for f in fields(ResourceRun) if f.name != "error"]
+_STORED = [f for f in fields(ResourceRun) if f.name not in ("error", "notes")]
 
 
 @dataclass
@@ -113,9 +115,10 @@ class SyncReport:
         """Rows for the `_sync_report` table."""
         return [self._row(run) for run in self.runs.values()]
 
-    def written(self, resource: str) -> list[dict[str, Any]]:
-        """The `_sync_report` rows of one resource, which its load carries; marked as sent."""
-        keys = [key for key in self.runs if key[1] == resource]
+    def written(self, *resources: str) -> list[dict[str, Any]]:
+        """The `_sync_report` rows of resources (a resource and its member table), which its load carries;
+        marked as sent."""
+        keys = [key for key in self.runs if key[1] in resources]
         self._written.update(keys)
         return [self._row(self.runs[key]) for key in keys]
 

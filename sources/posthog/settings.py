@@ -107,10 +107,11 @@ class PostHogSettings(BaseConfiguration):
             raise SettingsError("rate_limit_plan", f"unknown rate limit plan {self.rate_limit_plan!r}; "
                                 f"choose from {', '.join(RATE_LIMIT_PLANS)}")
         sizes = self.page_sizes or {}
-        unknown = sorted(set(sizes) - ENDPOINTS.keys())
+        tables = [table for endpoint in ENDPOINTS.values() for table in endpoint.tables]
+        unknown = sorted(set(sizes) - set(tables))
         if unknown or any(int(size) < 1 for size in sizes.values()):
             raise SettingsError("page_sizes", f"page_sizes takes a positive size per resource "
-                                f"({', '.join(ENDPOINTS)}), got {dict(sizes)}")
+                                f"({', '.join(tables)}), got {dict(sizes)}")
         try:
             Pacer(self.rate_limit_plan, self.rate_limits)
         except ValueError as error:

@@ -24,7 +24,7 @@ import pyarrow as pa
 from .arrow import Drift, dlt_columns, to_arrow
 from .client import PostHogClient
 from .endpoints import MERGE, ColumnType, Endpoint
-from .errors import BudgetExhausted, PostHogError, QueryTooBig, ResourceUnavailable, TransientError
+from .errors import BudgetExhausted, PagingError, PostHogError, QueryTooBig, ResourceUnavailable, TransientError
 from .feed import Feed
 from .paging import QueryLimits
 from .report import Job, ResourceRun, SyncReport
@@ -61,7 +61,8 @@ class Context:
 
     def page_size(self, endpoint: Endpoint) -> int:
         """The configured page size for an endpoint, else its declared default."""
-        return int(self.page_sizes.get(endpoint.name, endpoint.page_size))
+        size = int(self.page_sizes.get(endpoint.name, endpoint.page_size))
+        return min(size, endpoint.max_page_size) if endpoint.max_page_size else size
 
 
 def iso(moment: datetime) -> str:
@@ -506,7 +507,8 @@ def read_full(job: Job, ctx: Context) -> Iterator[Any]:
                 run.status, run.reason = "incomplete", listing.error
             if endpoint.delete_missing:
                 name = "/".join(str(v) for v in scan.values())
-                tags["listing"] = name
+                if "listing" in endpoint.primary_key:
+                    tags["listing"] = name
                 before, now = set(stored.get(name, ())), set(listing.rows)
                 # only a proven listing shows a row is gone; an unproven one keeps what it did not see
                 kept[name] = sorted(now if listing.proven else now | before, key=str)
@@ -522,12 +524,15 @@ def read_full(job: Job, ctx: Context) -> Iterator[Any]:
     for name in stored.keys() - kept.keys():  # a listing no longer scanned (a group type removed)
         gone.extend({"listing": name, "id": i, "project_id": project_id, DELETED: True} for i in stored[name])
     rows = list(rows_by_key.values())
+    members = _read_members(job, ctx, rows, [row["id"] for row in gone]) if endpoint.members else []
     for start in range(0, len(rows), 5000):
         yield from emit(job, ctx, rows[start : start + 5000])
     if gone:
         yield from emit(job, ctx, gone)
         run.rows_loaded -= len(gone)
         logger.info("%s project %s: %d rows deleted upstream", endpoint.name, project_id, len(gone))
+    if members:
+        yield from _emit_members(job, ctx, members)
     if endpoint.delete_missing:
         state["ids"] = kept
 
@@ -613,6 +618,125 @@ def _full_listing(job: Job, ctx: Context, params: dict[str, Any]) -> Listing:
     return Listing(union, count, max(1, (count or 0) - len(union)), endpoint.max_passes, why)
 
 
+def _members_job(job: Job, ctx: Context) -> Job:
+    """The job the member listings of `job`'s rows count on: their own run in the report and summary."""
+    assert job.endpoint.members is not None
+    return ctx.report.job(job.endpoint.members.endpoint, job.project_id)
+
+
+def _read_members(job: Job, ctx: Context, parents: list[ROW], gone: list[Any]) -> list[ROW]:
+    """Every parent's members, read again in full, plus one tombstone per parent read or gone.
+
+    A tombstone (`DELETED` set) carries only the parent's key: it makes the load replace that parent's
+    stored members with the ones read now, so removed members, the members of a now empty parent and
+    those of a deleted parent disappear. A parent whose members could not be read keeps its stored ones.
+    Each read parent gets `members.flag`: true when PostHog may hold more members than it returned
+    (collections answer every persisted member plus at most 50 others, unpaged, §7.7).
+    """
+    members = job.endpoint.members
+    assert members is not None
+    mjob = _members_job(job, ctx)
+    parent_col = next(iter(members.parent))
+    field_name, values = members.read_when
+    out: list[ROW] = []
+    partial: list[str] = []
+    for parent in parents:
+        parent[members.flag] = None
+        if parent.get(field_name) not in values:
+            continue
+        try:
+            rows, more = _members_of(job, mjob, ctx, parent)
+        except ResourceUnavailable as error:
+            if error.status == 404:  # deleted since it was listed: the next run sees it gone
+                continue
+            # older servers refuse `recordings` (403, §7.7): the playlists still load
+            mjob.run.status, mjob.run.reason, mjob.run.error = "skipped", str(error), error
+            logger.warning("%s skipped for project %s: %s", mjob.endpoint.name, job.project_id, error)
+            break
+        except BudgetExhausted as error:
+            _stopped(mjob.run, error)
+            break
+        parent[members.flag] = more
+        if more:
+            expected = _dig(parent, members.expected)
+            partial.append(f"{parent.get(members.lookup)} ({len(rows)} of {expected if expected else 'more'})")
+        link = {column: parent.get(name) for column, name in members.parent.items()}
+        out.append({**link, members.member[0]: "", "project_id": job.project_id, DELETED: True})
+        out.extend({**link, members.member[0]: row.get(members.member[1]), "project_id": job.project_id}
+                   for row in rows)
+    out.extend({parent_col: ident, members.member[0]: "", "project_id": job.project_id, DELETED: True}
+               for ident in gone)
+    ctx.report.finish(mjob.run)
+    if partial:
+        mjob.run.notes.append(
+            f"{len(partial)} {job.endpoint.name} may hold more recordings than PostHog returned: "
+            f"{', '.join(partial[:5])}{', ...' if len(partial) > 5 else ''}; flagged in {members.flag}"
+        )
+    return out
+
+
+def _dig(row: ROW, path: tuple[str, ...]) -> Any:
+    value: Any = row
+    for name in path:
+        value = value.get(name) if isinstance(value, dict) else None
+    return value
+
+
+def _members_of(job: Job, mjob: Job, ctx: Context, parent: ROW) -> tuple[list[ROW], bool]:
+    """One parent's members, and whether PostHog may hold more than it returned."""
+    members = job.endpoint.members
+    assert members is not None
+    path = f"{job.path}{parent[members.lookup]}/{mjob.endpoint.path}/"
+    paged = bool(parent.get(members.paged_when))
+    # collections ignore limit and offset (§7.7): one request; the others page the member list
+    params: dict[str, Any] = {"limit": ctx.page_size(mjob.endpoint), "offset": 0} if paged else {}
+    found: dict[Any, ROW] = {}
+    while True:
+        body = ctx.client.get(path, params, mjob)
+        page = body.get("results") if isinstance(body, dict) else None
+        if not isinstance(page, list):
+            raise PagingError(f"GET {path}: the response has no `results` list")
+        ctx.report.fetched(mjob.run, len(page))
+        known = len(found)
+        found.update((row.get(members.member[1]), row) for row in page)
+        more = bool(body.get("has_next"))
+        if not paged or not more or len(found) == known:
+            break  # a page that adds nothing: the server ignores paging here
+        params = {**params, "offset": int(params["offset"]) + len(page)}
+    expected = _dig(parent, members.expected)
+    return list(found.values()), more or (isinstance(expected, int) and expected > len(found))
+
+
+def _emit_members(job: Job, ctx: Context, rows: list[ROW]) -> Iterator[Any]:
+    """The member rows (tombstones first) as one Arrow table replacing each parent's stored members."""
+    mjob = _members_job(job, ctx)
+    endpoint = mjob.endpoint
+    members = job.endpoint.members
+    assert members is not None
+    columns: dict[str, ColumnType] = {"project_id": "bigint", **endpoint.columns, DELETED: "bool"}
+    table = to_arrow(endpoint.name, rows, columns, drift=ctx.drift, evolve=False)
+    mjob.run.rows_loaded += sum(1 for row in rows if not row.get(DELETED))
+    hints = dlt_columns(columns, endpoint.key)
+    hints[DELETED]["hard_delete"] = True
+    yield dlt.mark.with_hints(
+        table,
+        dlt.mark.make_hints(
+            table_name=endpoint.name,
+            write_disposition=MERGE,  # type: ignore[arg-type]
+            merge_key=list(members_merge_key(job.endpoint)),
+            primary_key=list(endpoint.key),
+            columns=hints,
+        ),
+        create_table_variant=True,
+    )
+
+
+def members_merge_key(endpoint: Endpoint) -> tuple[str, ...]:
+    """The columns naming a parent in its members' table: a load replaces all members of each parent in it."""
+    assert endpoint.members is not None
+    return ("project_id", next(iter(endpoint.members.parent)))
+
+
 def _honours_ordering(job: Job, ctx: Context, params: dict[str, Any]) -> bool:
     """Whether the server sorts on `endpoint.ordering`: ask for the reverse order and look.
 
@@ -621,15 +745,19 @@ def _honours_ordering(job: Job, ctx: Context, params: dict[str, Any]) -> bool:
     """
     assert job.endpoint.ordering is not None
     name, value = job.endpoint.ordering
-    body = ctx.client.get(job.path, {**params, name: f"-{value}", "limit": 5}, job)
+    body = ctx.client.get(job.path, {**params, name: f"-{value}", "limit": 16}, job)
     ctx.report.fetched(job.run, 0)
     keys = [_order_key(row, value) for row in body.get("results", [])]
-    return len(set(keys)) > 1 and keys == sorted(keys, reverse=True)
+    # rows without a value (synthetic playlists) sort last, so first here, and tell nothing
+    return len({k for k in keys if not k[0]}) > 1 and keys == sorted(keys, reverse=True)
 
 
-def _order_key(row: ROW, name: str) -> Any:
+def _order_key(row: ROW, name: str) -> tuple[bool, Any]:
+    """A row's sort key on `name`; nulls sort last, as the synthetic playlists do (§7.7)."""
     value = row.get(name)
-    return parse_time(value) if name.endswith("_at") and isinstance(value, str) else value
+    if value is None:
+        return True, 0
+    return False, parse_time(value) if name.endswith("_at") and isinstance(value, str) else value
 
 
 def _walk(job: Job, ctx: Context, params: dict[str, Any], order: str | None) -> _Pass:
@@ -645,8 +773,11 @@ def _walk(job: Job, ctx: Context, params: dict[str, Any], order: str | None) -> 
             return walk
         offset = max(0, frontier - back)
         walk.requests += 1
+        limit = size + frontier - offset
+        if job.endpoint.max_page_size:
+            limit = min(limit, job.endpoint.max_page_size)
         try:
-            body = ctx.client.get(job.path, {**params, "limit": size + frontier - offset, "offset": offset}, job)
+            body = ctx.client.get(job.path, {**params, "limit": limit, "offset": offset}, job)
         except TransientError as error:
             walk.error = str(error)
             return walk
@@ -664,14 +795,14 @@ def _walk(job: Job, ctx: Context, params: dict[str, Any], order: str | None) -> 
             continue
         if order is not None and walk.ordered:
             keys = [_order_key(row, order) for row in page]
-            walk.ordered = all(a is not None and b is not None and a <= b for a, b in pairwise(keys))
+            walk.ordered = all(a <= b for a, b in pairwise(keys))
         for ident, row in zip(ids, page, strict=True):
             if ident not in walk.rows:
                 walk.ids.append(ident)
             walk.rows[ident] = row  # virtual definitions repeat (§7.5): one row per id
         if not body.get("next"):
             return walk
-        frontier += size
+        frontier = offset + len(page)  # never the limit asked for: PostHog may clip it (§7.7)
         tail = ids[-overlap:]
         drop = walk.counts[-2] - walk.counts[-1] if len(walk.counts) > 1 else 0
         back = min(frontier, overlap + max(0, drop))  # rows deleted before us slid back that far
