@@ -60,6 +60,7 @@ class Members:
     expected: tuple[str, ...]
     # the parent column set true when PostHog may hold more members than it returned
     flag: str
+    noun: str = "members"  # what the members are, in messages
 
 
 @dataclass(frozen=True)
@@ -373,6 +374,7 @@ PLAYLISTS = Endpoint(
         paged_when="is_synthetic",
         expected=("recordings_counts", "collection", "count"),
         flag="items_partial",
+        noun="recordings",
     ),
     columns={
         "id": "bigint",

@@ -642,7 +642,10 @@ def _read_members(job: Job, ctx: Context, parents: list[ROW], gone: list[Any]) -
     partial: list[str] = []
     for parent in parents:
         parent[members.flag] = None
+        link = {column: parent.get(name) for column, name in members.parent.items()}
+        tombstone = {**link, members.member[0]: "", "project_id": job.project_id, DELETED: True}
         if parent.get(field_name) not in values:
+            out.append(tombstone)  # no members to read (saved filters): none stored either
             continue
         try:
             rows, more = _members_of(job, mjob, ctx, parent)
@@ -660,8 +663,7 @@ def _read_members(job: Job, ctx: Context, parents: list[ROW], gone: list[Any]) -
         if more:
             expected = _dig(parent, members.expected)
             partial.append(f"{parent.get(members.lookup)} ({len(rows)} of {expected if expected else 'more'})")
-        link = {column: parent.get(name) for column, name in members.parent.items()}
-        out.append({**link, members.member[0]: "", "project_id": job.project_id, DELETED: True})
+        out.append(tombstone)
         out.extend({**link, members.member[0]: row.get(members.member[1]), "project_id": job.project_id}
                    for row in rows)
     out.extend({parent_col: ident, members.member[0]: "", "project_id": job.project_id, DELETED: True}
@@ -669,7 +671,7 @@ def _read_members(job: Job, ctx: Context, parents: list[ROW], gone: list[Any]) -
     ctx.report.finish(mjob.run)
     if partial:
         mjob.run.notes.append(
-            f"{len(partial)} {job.endpoint.name} may hold more recordings than PostHog returned: "
+            f"{len(partial)} {job.endpoint.name} may hold more {members.noun} than PostHog returned: "
             f"{', '.join(partial[:5])}{', ...' if len(partial) > 5 else ''}; flagged in {members.flag}"
         )
     return out
