@@ -6,7 +6,8 @@ subscriptions in Postgres storage order (older servers; `subscription_order="ord
 detail rows shaped like PostHog's retrieve serializers and the real error bodies. Rows are generated on
 demand from their index, so a million recordings cost no memory up front.
 
-Parts: `recordings` (the recordings list and its window arithmetic), `lists` (the DRF lists), `faults`
+Parts: `recordings` (the recordings list and its window arithmetic), `lists` (the DRF lists), `playlists`
+(recording playlists, their synthetic rows and members), `faults`
 (injected failures, throttles, ClickHouse limits), `server` (HTTP and an in-process transport), `core`
 (`FakePostHog`: construction, clock, routing). `python -m fake_posthog` serves one until killed.
 """

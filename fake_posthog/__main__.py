@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--projects", default="1,2", help="comma-separated project ids")
     for flag, default in (("recordings", 120), ("desktop-recordings", 12), ("segments", 8), ("summaries", 25),
                           ("subscriptions", 9), ("property-definitions", 30), ("group-types", 2),
-                          ("recording-step-s", 600), ("retention-days", 365), ("seed", 0)):
+                          ("recording-step-s", 600), ("retention-days", 365), ("seed", 0), ("playlists", 8)):
         ap.add_argument(f"--{flag}", type=int, default=default)
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--api-key", default="phx_fake_personal_key")
@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         subscriptions=a.subscriptions, property_definitions=a.property_definitions, group_types=a.group_types,
         seed=a.seed, api_key=a.api_key, recording_step_s=a.recording_step_s, keyset=a.keyset, tie_group=a.tie_group,
         latency_s=a.latency_ms / 1000, retention_days=a.retention_days, subscription_order=a.subscription_order,
+        playlists=a.playlists,
     )
     with fake.serve(port=a.port) as url:
         print(f"READY {url}", flush=True)
