@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -258,3 +259,43 @@ def test_every_playlist_live_throughout_a_churning_listing_is_read(
     assert throughout <= read and listing.unproven == 0, (throughout - read, listing.why)
     assert sum(1 for row in listing.rows.values() if row["is_synthetic"]) == 6
     assert run.requests == len(fake.requests)
+
+
+# -- the fake itself answers as §7.7 says --------------------------------------------------------------
+
+def test_the_fake_lists_playlists_as_posthog_does() -> None:
+    fake = FakePostHog(project_ids=[1], now=NOW, playlists=600)
+    api = httpx.Client(transport=fake.transport(), base_url="http://fake.test",
+                       headers={"Authorization": f"Bearer {fake.api_key}"})
+    base = f"/api/projects/1/{PLAYLISTS_PATH}/"
+
+    def listing(**params: Any) -> dict[str, Any]:
+        return api.get(base, params=params).json()  # type: ignore[no-any-return]
+
+    newest = listing()  # -last_modified_at: the synthetic rows first
+    assert newest["count"] == 606 and len(newest["results"]) == 100 and newest["next"]
+    assert [r["is_synthetic"] for r in newest["results"][:7]] == [True] * 6 + [False]
+    assert len(listing(limit=0)["results"]) == 100 and len(listing(limit=1000)["results"]) == 500
+    oldest = listing(order="created_at", offset=600, limit=10)["results"]
+    assert [r["id"] for r in oldest] == [-1, -2, -3, -4, -5, -6]  # last under ascending orders
+    since = newest["results"][20]["last_modified_at"]  # the 15th newest: strict, and synthetic rows ignore it
+    after = listing(date_from=since, limit=500)
+    assert after["count"] == 6 + 14 and all(r["last_modified_at"] != since for r in after["results"])
+    for excluded in ({"type": "filters"}, {"collection_type": "custom"}, {"pinned": "true"}, {"user": "true"},
+                     {"created_by": "1"}):
+        assert not any(r["is_synthetic"] for r in listing(limit=500, **excluded)["results"]), excluded
+    assert listing(collection_type="synthetic")["count"] == 6
+    # a collection ignores limit and offset; a synthetic playlist pages its id list
+    big = next(s for s in fake.playlist_short_ids(1) if len(fake.playlist_members(1, s)) == 90)
+    answers = [api.get(f"{base}{big}/recordings/", params=p).json() for p in ({}, {"limit": 5, "offset": 60})]
+    assert answers[0] == answers[1] and answers[0]["has_next"] and 50 < len(answers[0]["results"]) < 90
+    watched = [api.get(f"{base}synthetic-watch-history/recordings/", params={"limit": 10, "offset": o}).json()
+               for o in (0, 10)]
+    assert all(len(w["results"]) == 10 and w["has_next"] for w in watched)
+    assert not {r["id"] for r in watched[0]["results"]} & {r["id"] for r in watched[1]["results"]}
+    saved = fake.playlist_short_ids(1, "filters")[0]
+    assert api.get(f"{base}{saved}/recordings/").json()["results"] == []
+    fake.delete_playlist(1, big)
+    assert api.get(f"{base}{big}/recordings/").status_code == 404
+    assert big not in {r["short_id"] for r in listing(limit=500, offset=0)["results"]} | {
+        r["short_id"] for r in listing(limit=500, offset=500)["results"]}
