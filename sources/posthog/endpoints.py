@@ -2,7 +2,8 @@
 
 Everything the generic code needs to know about an endpoint lives here as data: its path, paging shape,
 fixed query parameters, how it syncs incrementally, the rate buckets it spends, its primary key, its
-declared columns and the lists inside its rows that become child tables. API facts are in
+declared columns, the lists inside its rows that become child tables and the listings per row whose
+members land in a table of their own (playlist items). API facts are in
 `shared/posthog-api.md`.
 """
 
@@ -114,7 +115,7 @@ class Endpoint:
     derived: tuple[str, ...] = ()
     # PostHog's most rows per page: a larger `limit` is clipped to it (playlists, §7.7)
     max_page_size: int | None = None
-    # another listing per row, `<path>/<row[lookup]>/<members.path>/`, landing as its own table
+    # another listing per row, `<path>/<row[lookup]>/<members.endpoint.path>/`, landing as its own table
     members: Members | None = None
 
     @property
