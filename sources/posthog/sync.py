@@ -589,15 +589,14 @@ def _full_listing(job: Job, ctx: Context, params: dict[str, Any]) -> Listing:
     """
     endpoint = job.endpoint
     ordering = endpoint.ordering
-    # whether the server sorts as asked: looked at only once a listing takes more than one page
-    ordered: bool | None = None if ordering is not None else False
+    ordered = ordering is not None and _honours_ordering(job, ctx, params)
     if ordering is not None:
         params = {**params, ordering[0]: ordering[1]}
     union: dict[Any, ROW] = {}
     previous: _Pass | None = None
     count: int | None = None
     for number in range(1, endpoint.max_passes + 1):
-        walk = _walk(job, ctx, params, ordering[1] if ordering is not None and ordered is not False else None)
+        walk = _walk(job, ctx, params, ordering[1] if ordered and ordering else None)
         known = len(union)
         union.update(walk.rows)
         count = walk.counts[-1] if walk.counts else count
@@ -606,8 +605,6 @@ def _full_listing(job: Job, ctx: Context, params: dict[str, Any]) -> Listing:
             return Listing(union, count, max(1, short), number, "a page kept failing", walk.error)
         if walk.snapshot:
             return Listing(union, count, short, number)
-        if ordered is None:
-            ordered = _honours_ordering(job, ctx, params)
         if ordered and walk.ordered and walk.counts:
             if not short or (previous is not None and len(union) == known):
                 # rows counted but never returned (hidden, §7.5), or created faster than we read
