@@ -34,7 +34,7 @@ from sources.posthog.client import ClientStats
 from sources.posthog.errors import AuthError, NotPostHog, PostHogError, ProjectNotFound
 from sources.posthog.report import REPORT_COLUMNS, REPORT_TABLE
 from sources.posthog.settings import Clock
-from sources.posthog.sync import DELETED, child_table, parent_column
+from sources.posthog.sync import DELETED, StoredTable, child_table, parent_column
 
 from .destinations import check_destination, resolve_destination
 from .hints import with_hint
@@ -172,7 +172,10 @@ class SyncResult:
         return not self.failures
 
     def warnings(self) -> list[str]:
-        """Skipped or unfinished resources and counts that disagree with PostHog's (fail `--strict`)."""
+        """Skipped or unfinished resources and counts that disagree with PostHog's (fail `--strict`).
+
+        An endpoint PostHog removed (status `removed`) is none of these: there is nothing to fix.
+        """
         found = []
         for run in self.report.runs.values():
             where = f"{run.resource} project {run.project_id}"
@@ -356,7 +359,9 @@ def run(
                 drop_views(pipeline)
             except Exception as error:  # noqa: BLE001 - the loads below report destination problems
                 logger.warning("views not dropped before the full refresh: %s", error)
-        session.read_ahead({} if full_refresh else committed_states(pipeline), selected)
+        states = committed_states(pipeline)  # also restores the destination's schema
+        session.know_stored(stored_tables(pipeline, selected))
+        session.read_ahead({} if full_refresh else states, selected)
         for resource in selected:
             interruption.raise_if_signalled()
             one = source.with_resources(resource)  # a clone that extracts this resource only
@@ -389,16 +394,42 @@ def committed_states(pipeline: Any) -> dict[str, dict[str, Any]]:
     return {name: dict(value.get("projects", {})) for name, value in resources.items()}
 
 
+def stored_tables(pipeline: Any, resources: list[str]) -> dict[str, StoredTable]:
+    """Per resource, its table's column types in the destination's schema, and for endpoints PostHog removed
+    (`Endpoint.removed`) the rows each project holds, which a run reading nothing reports as kept."""
+    schema = pipeline.default_schema if pipeline.default_schema_name else None
+    found: dict[str, StoredTable] = {}
+    for resource in resources:
+        table = schema.tables.get(resource) if schema is not None else None
+        if not table or not table.get("columns"):
+            continue
+        types = {name: column.get("data_type", "") for name, column in table["columns"].items()}
+        rows: dict[int, int] | None = {}
+        if ENDPOINTS[resource].removed:
+            try:
+                with pipeline.sql_client() as sql:
+                    counted = sql.execute_sql(
+                        f"SELECT project_id, COUNT(*) FROM {sql.make_qualified_table_name(resource)} GROUP BY 1")
+                rows = {int(p): int(n) for p, n in counted or ()}
+            except Exception as error:  # noqa: BLE001 - a count only words a message; the sync goes on
+                logger.debug("rows of %s not counted: %s", resource, error)
+                rows = None
+        found[resource] = StoredTable(types, rows)
+    return found
+
+
 def _load_one(
     pipeline: Any, source: Any, resource: str, session: Session, file_format: str | None, full_refresh: bool,
     failures: dict[str, str],
 ) -> bool:
     """Load one resource; False (and the reason in `failures`) when it failed."""
+    # the tables of endpoints PostHog removed hold the only copy of their rows: re-read, never dropped
+    refresh = "drop_resources" if full_refresh and not ENDPOINTS[resource].removed else None
     try:
         pipeline.run(
             source,
             loader_file_format=file_format,  # type: ignore[arg-type]
-            refresh="drop_resources" if full_refresh else None,
+            refresh=refresh,  # type: ignore[arg-type]
         )
     except PipelineStepFailed as error:
         if interrupt := _interrupted(error, resource):
@@ -455,6 +486,9 @@ def print_summary(result: SyncResult, options: SyncOptions) -> None:
         rows,
     )
     print_rate_buckets(result.client_stats)
+    for run in report.runs.values():
+        if run.status == "removed":  # a fact about the server, nothing to act on: not a warning
+            echo(f"{run.resource} project {run.project_id}: {run.reason}")
     for warning in result.warnings():
         echo(f"warning: {warning}", err=True)
     for table, names in sorted(report.drift.items()):

@@ -86,11 +86,28 @@ class Endpoint:
     # objects): the column contract test (tests/test_contract.py) checks every other column against
     # the field lists in shared/posthog-fields.json
     derived: tuple[str, ...] = ()
+    # list-row fields PostHog fills with a placeholder, the real value being only in `/:id/` (§7.1): stored
+    # null from list rows rather than as if it were the value
+    list_placeholders: tuple[str, ...] = ()
+    # columns whose declared type changed, with the type an earlier release declared: a table created
+    # then keeps that type (the data-type contract is frozen), its values converted to it (`column_types`)
+    retyped: Mapping[str, ColumnType] = field(default_factory=dict)
+    # when PostHog removed the endpoint (e.g. "2026"): a 404 (or a FOSS build's 501) on its list means it
+    # is gone from this server, not skipped; the rows exported before stay
+    removed: str | None = None
 
     @property
     def ascending(self) -> bool:
         """Whether the list comes oldest first, so a stopped scan may keep its cursor."""
         return self.params.get("order_direction") == "ASC"
+
+    def column_types(self, stored: Mapping[str, str] | None = None) -> dict[str, ColumnType]:
+        """The declared columns, with a `retyped` column at its earlier type where the table has that one."""
+        columns = dict(self.columns)
+        for name, earlier in self.retyped.items():
+            if stored and stored.get(name) == earlier:
+                columns[name] = earlier
+        return columns
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -115,6 +132,8 @@ RECORDINGS = Endpoint(
     # page that hits the 60 s query timeout is retried at half the size
     page_size=10_000,
     partial_at_edge=True,
+    # "web" and null in every list row, mobile recordings too; only `/:id/` has them (§7.1)
+    list_placeholders=("snapshot_source", "snapshot_library"),
     # JSON-decoded by the server (§7.1): send ISO dates with Z and no unknown params.
     params={"order": "start_time", "order_direction": "ASC"},
     columns={
@@ -158,6 +177,7 @@ SUMMARIES = Endpoint(
     primary_key=("id",),
     cursor="created_at",
     detail=True,
+    removed="2026",  # PR #80312, 2026-08-13: newer servers 404, FOSS builds 501; the rows exist nowhere else
     columns={
         "id": "text",
         "title": "text",
@@ -166,6 +186,7 @@ SUMMARIES = Endpoint(
         "session_ids": "json",
         "summary": "json",
         "extra_summary_context": "json",
+        "extra_input_context": "json",  # older servers' detail rows
         "run_metadata": "json",
         "created_at": "timestamp",
         "created_by": USER,
@@ -181,10 +202,13 @@ DESKTOP = Endpoint(
     primary_key=("id",),
     cursor="started_at",
     final_statuses=("ready", "error"),
+    removed="2026",  # probably: the newest servers have no route for it (§7.3)
+    # a user id (§7.3); declared json until 2026-12
+    retyped={"created_by": "json"},
     columns={
         "id": "text",
         "team": "bigint",
-        "created_by": "json",
+        "created_by": "bigint",
         "sdk_upload_id": "text",
         "recall_recording_id": "text",
         "platform": "text",
@@ -233,12 +257,20 @@ SUBSCRIPTIONS = Endpoint(
     ordering=("ordering", "created_at"),
     columns={
         "id": "bigint",
+        # what is delivered: insight or dashboard (null on AI-prompt rows), or an AI prompt (§7.4); the kind
+        # is `resource_type` on the newest servers, `content_type` (+ `ai_config`) on some mid-2026 ones
+        "resource_type": "text",
+        "content_type": "text",
+        "ai_config": "json",
         "dashboard": "bigint",
         "insight": "bigint",
         "insight_short_id": "text",
         "resource_name": "text",
+        "dashboard_export_insights": "json",
+        "prompt": "text",
         "target_type": "text",
         "target_value": "text",
+        "integration_id": "bigint",
         "frequency": "text",
         "interval": "bigint",
         "byweekday": "json",
@@ -246,15 +278,17 @@ SUBSCRIPTIONS = Endpoint(
         "count": "bigint",
         "start_date": "timestamp",
         "until_date": "timestamp",
+        "next_delivery_date": "timestamp",
         "created_at": "timestamp",
         "created_by": USER,
         "deleted": "bool",
+        # false once PostHog paused a broken delivery itself; null on older servers, which have no pause
+        "enabled": "bool",
         "title": "text",
         "summary": "text",
-        "next_delivery_date": "timestamp",
-        "invite_message": "text",
-        "integration_id": "bigint",
-        "dashboard_export_insights": "json",
+        "summary_enabled": "bool",
+        "summary_prompt_guide": "text",
+        "invite_message": "text",  # always null in responses: PostHog does not store it
     },
 )
 

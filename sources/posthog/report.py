@@ -46,7 +46,7 @@ class ResourceRun:
     # rows of full listings not proven read: counted but never returned, or the list never settled
     unproven: int = 0
     duration_s: float = 0.0
-    status: str = "ok"  # ok | skipped | incomplete | failed
+    status: str = "ok"  # ok | skipped | incomplete | failed | removed (the endpoint is gone from PostHog)
     reason: str | None = None
     error: Exception | None = field(default=None, repr=False, compare=False)  # what stopped it, not stored
 

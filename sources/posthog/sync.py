@@ -41,6 +41,14 @@ DELETED = "_deleted"  # set on the rows a run sends only to delete them (dlt's `
 SEEN_KEEP = 1024  # recordings read in a run are forgotten, once past, only when more than this many
 
 
+@dataclass(frozen=True)
+class StoredTable:
+    """What the destination holds of an endpoint's table before a run: column types, rows per project."""
+
+    types: Mapping[str, str] = field(default_factory=dict)
+    rows: Mapping[int, int] | None = None  # None: not counted (the table exists but could not be queried)
+
+
 @dataclass
 class Context:
     """Everything a reader needs besides the endpoint: the client, settings and the run's report."""
@@ -58,6 +66,8 @@ class Context:
     feeds: dict[int, tuple[Job, Feed]] = field(default_factory=dict)
     # the recordings page size PostHog answers in time, shared by every project of the run
     query_limits: QueryLimits = field(default_factory=QueryLimits)
+    # the destination's table before this run (the runner tells; else the schema dlt extracts into)
+    stored: StoredTable | None = None
 
     def page_size(self, endpoint: Endpoint) -> int:
         """The configured page size for an endpoint, else its declared default."""
@@ -95,12 +105,16 @@ def page_items(job: Job, ctx: Context, rows: list[ROW]) -> tuple[pa.Table | None
     if not rows:
         return None, []
     endpoint = job.endpoint
-    columns: dict[str, ColumnType] = {"project_id": "bigint", **endpoint.columns}
+    stored = ctx.stored.types if ctx.stored else None
+    columns: dict[str, ColumnType] = {"project_id": "bigint", **endpoint.column_types(stored)}
     if endpoint.delete_missing:
         columns[DELETED] = "bool"
     table = to_arrow(
         endpoint.name, rows, columns, drift=ctx.drift, evolve=ctx.evolve, elsewhere=endpoint.children
     )
+    for name in endpoint.list_placeholders:  # not the value: unknown until read by id (§7.1)
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pa.nulls(table.num_rows, table.schema.field(i).type))
     job.run.rows_loaded += table.num_rows
     # hints as a table variant: dlt starts child variants from the resource's hints, and the
     # parent's declared columns must not leak into child tables
@@ -704,6 +718,15 @@ def start_feeds(
         ctx.feeds[project_id] = _feed(endpoint, ctx, project_id, state)
 
 
+def removed_reason(endpoint: Endpoint, stored: StoredTable | None, project_id: int) -> str:
+    """Why a removed endpoint (`Endpoint.removed`) loaded nothing, and what became of the rows exported before."""
+    rows = None if stored is None or stored.rows is None else stored.rows.get(project_id, 0)
+    if rows == 0:
+        return f"does not exist on this PostHog server (removed from PostHog in {endpoint.removed}); nothing to export"
+    kept = "the rows already exported are kept" if rows is None else f"the {rows} rows already exported are kept"
+    return f"removed from PostHog in {endpoint.removed}; {kept}"
+
+
 def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) -> Iterator[Any]:
     """The body of every resource: read each project with the endpoint's sync mode.
 
@@ -711,6 +734,9 @@ def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) 
     dlt one after the other; each project's state is replaced by its reader's once all its rows are out.
     """
     projects = dlt.current.resource_state().setdefault("projects", {})
+    if ctx.stored is None:  # not told by the runner: the table as the schema dlt extracts into has it
+        table = dlt.current.source_schema().tables.get(endpoint.name, {})
+        ctx.stored = StoredTable({n: c.get("data_type", "") for n, c in table.get("columns", {}).items()})
     ids = list(project_ids)
     for project_id in ids:
         if project_id not in ctx.feeds:
@@ -722,8 +748,12 @@ def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) 
             try:
                 yield from feed
             except ResourceUnavailable as error:
-                job.run.status, job.run.reason, job.run.error = "skipped", str(error), error
-                logger.warning("%s skipped for project %s: %s", endpoint.name, project_id, error)
+                if endpoint.removed and error.status in (404, 501):  # gone from PostHog: nothing to fix
+                    job.run.status, job.run.reason = "removed", removed_reason(endpoint, ctx.stored, project_id)
+                    logger.debug("%s project %s: %s (%s)", endpoint.name, project_id, job.run.reason, error)
+                else:
+                    job.run.status, job.run.reason, job.run.error = "skipped", str(error), error
+                    logger.warning("%s skipped for project %s: %s", endpoint.name, project_id, error)
             except TransientError as error:
                 raise PostHogError(
                     f"{endpoint.name} project {project_id}: gave up after {ctx.client.max_attempts} attempts: "
