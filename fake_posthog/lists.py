@@ -103,7 +103,8 @@ class Lists(State):
         self._next_sub_id = 1
         # one project's subscriptions in physical (heap) order; None is a slot freed by an update or delete
         self._subs: dict[int, list[dict[str, Any] | None]] = {p: [] for p in self.project_ids}
-        sub_step = max(60, span // max(1, subscriptions))
+        # made over two months at least, so some schedules have run out (`count`, `until_date`)
+        sub_step = max(60, max(span, 60 * 86400) // max(1, subscriptions))
         for p in self.project_ids:
             for j in range(subscriptions):
                 created = (t0 - (subscriptions - j) * sub_step) * US + _hh(seed, 12, p, j) % US
