@@ -83,7 +83,8 @@ def test_synced_recordings_equal_the_dict_path_row_for_row(
     fake: FakePostHog, options: SyncOptions, tmp_path: Path
 ) -> None:
     sync(dataclasses.replace(options, resources=["session_recordings"], page_sizes={"session_recordings": 700}))
-    rows = [{**row, "project_id": p} for p in PROJECTS for row in fake.truth(p, "session_recordings")]
+    placeholders = dict.fromkeys(RECORDINGS.list_placeholders)  # stored null (§7.1)
+    rows = [{**row, "project_id": p, **placeholders} for p in PROJECTS for row in fake.truth(p, "session_recordings")]
     load_dicts(Path(options.output), tmp_path / "eq_pipelines", "via_dicts", rows)
 
     ours, generic = landed(Path(options.output), "posthog"), landed(Path(options.output), "via_dicts")
