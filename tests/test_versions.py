@@ -117,6 +117,25 @@ def test_created_by_keeps_json_in_a_table_made_by_the_old_declaration_and_is_big
     assert kind == "BIGINT" and landed == truth
 
 
+def test_created_by_in_parquet_written_by_the_old_declaration_keeps_loading(
+    fake: FakePostHog, options: SyncOptions, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    options.resources = ["desktop_recordings"]
+    options.destination, options.output = "parquet", str(tmp_path / "parquet")
+    current = ENDPOINTS["desktop_recordings"]
+    monkeypatch.setitem(ENDPOINTS, "desktop_recordings",
+                        dataclasses.replace(current, columns={**current.columns, "created_by": "json"}, retyped={}))
+    sync(options)
+    monkeypatch.setitem(ENDPOINTS, "desktop_recordings", current)
+    fake.advance(4 * 3600)
+    sync(options)
+    glob = f"{options.output}/posthog/desktop_recordings/*.parquet"
+    with duckdb.connect() as con:
+        rows = con.execute(f"SELECT project_id, id, CAST(created_by AS BIGINT) FROM read_parquet('{glob}')").fetchall()
+    truth = {(p, r["id"]): r["created_by"] for p in PROJECTS for r in fake.truth(p, "desktop_recordings")}
+    assert len(rows) == len(truth) and {(p, i): c for p, i, c in rows} == truth
+
+
 # -- recordings: list rows hold placeholders --------------------------------------------------------
 
 
