@@ -87,8 +87,27 @@ def test_newer_servers_never_gate_subscriptions_with_402() -> None:
 # -- desktop created_by: json in tables made before, bigint now --------------------------------------
 
 
-def test_created_by_keeps_json_in_a_table_made_by_the_old_declaration_and_is_bigint_in_new_ones(
-    fake: FakePostHog, options: SyncOptions, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def _created_by(output: str) -> tuple[str, dict[tuple[int, str], Any]]:
+    """The type of `desktop_recordings.created_by` in a DuckDB file, and its values as numbers."""
+    with duckdb.connect(output, read_only=True) as con:
+        kind = con.execute("SELECT data_type FROM information_schema.columns WHERE table_schema = 'posthog' "
+                           "AND table_name = 'desktop_recordings' AND column_name = 'created_by'").fetchone()
+        rows = con.execute("SELECT project_id, id, CAST(created_by AS BIGINT) FROM posthog.desktop_recordings")
+        return kind[0] if kind else "", {(p, i): c for p, i, c in rows.fetchall()}
+
+
+def _created_by_truth(fake: FakePostHog) -> dict[tuple[int, str], Any]:
+    return {(p, r["id"]): r["created_by"] for p in PROJECTS for r in fake.truth(p, "desktop_recordings")}
+
+
+def test_created_by_is_bigint_in_a_new_table(fake: FakePostHog, options: SyncOptions) -> None:
+    options.resources = ["desktop_recordings"]
+    sync(options)
+    assert _created_by(options.output) == ("BIGINT", _created_by_truth(fake))
+
+
+def test_created_by_keeps_json_in_a_table_made_by_the_old_declaration(
+    fake: FakePostHog, options: SyncOptions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     options.resources = ["desktop_recordings"]
     current = ENDPOINTS["desktop_recordings"]
@@ -100,21 +119,9 @@ def test_created_by_keeps_json_in_a_table_made_by_the_old_declaration_and_is_big
     fake.advance(4 * 3600)  # new recordings, unfinished ones re-read
     result = sync(options)
     assert result.report.runs[(1, "desktop_recordings")].rows_loaded > 0
-
-    def created_by(output: str) -> tuple[str, dict[tuple[int, str], Any]]:
-        with duckdb.connect(output, read_only=True) as con:
-            kind = con.execute("SELECT data_type FROM information_schema.columns WHERE table_schema = 'posthog' "
-                               "AND table_name = 'desktop_recordings' AND column_name = 'created_by'").fetchone()
-            rows = con.execute("SELECT project_id, id, CAST(created_by AS BIGINT) FROM posthog.desktop_recordings")
-            return kind[0], {(p, i): c for p, i, c in rows.fetchall()}
-
-    kind, landed = created_by(options.output)
-    truth = {(p, r["id"]): r["created_by"] for p in PROJECTS for r in fake.truth(p, "desktop_recordings")}
+    kind, landed = _created_by(options.output)
+    truth = _created_by_truth(fake)
     assert kind == "JSON" and landed == truth and len(landed) > before  # nothing lost, new rows in
-    fresh = dataclasses.replace(options, output=str(tmp_path / "fresh.duckdb"), pipeline_name="fresh")
-    sync(fresh)
-    kind, landed = created_by(fresh.output)
-    assert kind == "BIGINT" and landed == truth
 
 
 def test_created_by_in_parquet_written_by_the_old_declaration_keeps_loading(
@@ -132,7 +139,7 @@ def test_created_by_in_parquet_written_by_the_old_declaration_keeps_loading(
     glob = f"{options.output}/posthog/desktop_recordings/*.parquet"
     with duckdb.connect() as con:
         rows = con.execute(f"SELECT project_id, id, CAST(created_by AS BIGINT) FROM read_parquet('{glob}')").fetchall()
-    truth = {(p, r["id"]): r["created_by"] for p in PROJECTS for r in fake.truth(p, "desktop_recordings")}
+    truth = _created_by_truth(fake)
     assert len(rows) == len(truth) and {(p, i): c for p, i, c in rows} == truth
 
 
@@ -192,21 +199,25 @@ def test_removed_endpoints_keep_their_rows_say_so_once_per_project_and_pass_stri
                              "(SELECT max(run_started_at) FROM posthog._sync_report)").fetchall()
     assert after == stored  # nothing lost
     assert sorted(report) == sorted((r, p, "removed") for r in REMOVED for p in PROJECTS)
-    # a full refresh re-reads, but never drops the only copy
-    code, out, err = _cli_sync(capsys, server, output, *resources, "--full-refresh")
-    assert code == 0, err
-    assert query(SyncOptions(output=str(output)), "SELECT count(*) FROM posthog.session_group_summaries")[0][0] == \
-        sum(n for (r, _), n in stored.items() if r == "session_group_summaries")
-    # status shows it as what it is
+    # status shows it as what it is (a real skip still fails --strict: test_reliability's missing scope)
     code, out, err = run_cli(capsys, "status", "--output", str(output))
     assert code == 0, err
     assert re.search(r"session_group_summaries .* removed", out)
     assert "removed: session_group_summaries of project 1" in out and "rows already exported are kept" in out
-    # a real skip still fails --strict
-    fake.disable(1, "subscriptions", 403)
-    code, out, err = _cli_sync(capsys, server, output, "--resources", "subscriptions,session_group_summaries",
-                               "--strict")
-    assert code == 1 and "subscriptions project 1 skipped" in err and "scope" in err
+
+
+def test_a_full_refresh_never_drops_the_only_copy_of_a_removed_endpoint(
+    fake: FakePostHog, options: SyncOptions
+) -> None:
+    options.resources = ["session_group_summaries"]
+    sync(options)
+    before = query(options, "SELECT project_id, id, title FROM posthog.session_group_summaries ORDER BY 1, 2")
+    fake.removed = {"session_group_summaries"}
+    options.full_refresh = True
+    result = sync(options)
+    assert {r.status for r in result.report.runs.values()} == {"removed"}
+    assert query(options, "SELECT project_id, id, title FROM posthog.session_group_summaries ORDER BY 1, 2") == before
+    assert len(before) == sum(len(fake.truth(p, "session_group_summaries")) for p in PROJECTS)
 
 
 @pytest.mark.parametrize("foss", [False, True], ids=["404", "foss-501"])
