@@ -105,6 +105,13 @@ def test_declared_columns_are_exactly_the_fields_posthog_sends(name: str) -> Non
             f"{name}.{field}: PostHog sends {spec['type']}, declared {declared_type}"
 
 
+@pytest.mark.parametrize("name", CHECKED)
+def test_endpoints_posthog_removed_are_marked_removed(name: str) -> None:
+    status = _entry(ENDPOINTS[name]).get("status", "")
+    assert ("removed" in status) == (ENDPOINTS[name].removed is not None), \
+        f"{name}: posthog-fields.json says {status!r}, the endpoint table removed={ENDPOINTS[name].removed!r}"
+
+
 def test_every_listed_exception_is_still_needed() -> None:
     for name, reason in NOT_IN_JSON.items():
         assert name in ENDPOINTS and reason
