@@ -17,6 +17,7 @@ import pytest
 from fake_posthog import FakePostHog
 from pipelines.cli import main
 from pipelines.runner import SyncOptions
+from pipelines.status import read_status, status_document
 from sources.posthog import ENDPOINTS
 from sources.posthog.sync import parse_time
 
@@ -218,6 +219,10 @@ def test_a_full_refresh_never_drops_the_only_copy_of_a_removed_endpoint(
     assert {r.status for r in result.report.runs.values()} == {"removed"}
     assert query(options, "SELECT project_id, id, title FROM posthog.session_group_summaries ORDER BY 1, 2") == before
     assert len(before) == sum(len(fake.truth(p, "session_group_summaries")) for p in PROJECTS)
+    document = status_document(read_status("duckdb", options.output, pipeline_name=options.pipeline_name))
+    assert document["last_run"]["removed"] == len(PROJECTS) and document["last_run"]["skipped"] == 0
+    assert {(r["status"], r["rows"]) for r in document["resources"]} == {
+        ("removed", len(fake.truth(p, "session_group_summaries"))) for p in PROJECTS}
 
 
 @pytest.mark.parametrize("foss", [False, True], ids=["404", "foss-501"])
