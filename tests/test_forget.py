@@ -1,0 +1,185 @@
+"""`posthog-export forget`: a person's rows leave DuckDB, Parquet and Postgres, and nothing else changes.
+
+Each test syncs the fake, picks people from the fake's own rows, forgets them, and compares every row of
+every table with what was there before minus exactly what the people had.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dlt
+import duckdb
+import pytest
+
+from fake_posthog import FakePostHog
+from pipelines.cli import main
+from pipelines.runner import SyncOptions
+from sources.posthog import ENDPOINTS
+
+from .conftest import sync
+
+RESOURCES = ["session_recordings", "session_group_summaries"]
+TABLES = {"session_recordings": ("project_id", "id"), "session_group_summaries": ("project_id", "id")}
+JSON = {name: {c for c, t in ENDPOINTS[name].columns.items() if t == "json"} for name in RESOURCES}
+
+
+@pytest.fixture
+def forget_options(options: SyncOptions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: Any) -> SyncOptions:
+    """Recordings and summaries only; the CLI finds the pipeline where the sync put it (DLT_DATA_DIR)."""
+    monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path))
+    assert Path(options.pipelines_dir or "") == tmp_path / "pipelines"
+    options.resources = RESOURCES
+    destination = getattr(request, "param", "duckdb")
+    if destination == "parquet":
+        options.destination, options.output = "parquet", str(tmp_path / "parquet")
+    return options
+
+
+both_destinations = pytest.mark.parametrize("forget_options", ["duckdb", "parquet"], indirect=True)
+
+
+def _reader(options: SyncOptions) -> Callable[[str], str]:
+    if options.destination == "parquet":
+        return lambda table: f"read_parquet('{options.output}/posthog/{table}/*.parquet')"
+    return lambda table: f"posthog.{table}"
+
+
+def stored(options: SyncOptions) -> dict[str, dict[tuple[Any, ...], dict[str, Any]]]:
+    """Every row of every table, by key, JSON columns parsed."""
+    source = _reader(options)
+    found = {}
+    with duckdb.connect(options.output if options.destination == "duckdb" else ":memory:", read_only=
+                        options.destination == "duckdb") as con:
+        for table, key in TABLES.items():
+            cursor = con.execute(f"SELECT * FROM {source(table)}")
+            names = [d[0] for d in cursor.description]
+            rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+            for row in rows:
+                for column in JSON[table] & row.keys():
+                    row[column] = json.loads(row[column]) if isinstance(row[column], str) else row[column]
+            found[table] = {tuple(r[k] for k in key): r for r in rows}
+            assert len(found[table]) == len(rows), f"duplicates in {table}"
+    return found
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def destination_args(options: SyncOptions) -> list[str]:
+    return ["--destination", options.destination, "--output", options.output, "--pipeline-name",
+            options.pipeline_name]
+
+
+def printed_counts(out: str) -> dict[str, tuple[int, int]]:
+    counts = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] in TABLES:
+            counts[parts[0]] = (int(parts[1]), int(parts[2]))
+    return counts
+
+
+def stored_state(options: SyncOptions, tmp_path: Path) -> dict[str, Any]:
+    """The recordings' reader state as the destination holds it (restored into a throwaway pipeline)."""
+    destination = "filesystem" if options.destination == "parquet" else "duckdb"
+    target = (dlt.destinations.filesystem(bucket_url=Path(options.output).as_uri()) if destination == "filesystem"
+              else dlt.destinations.duckdb(options.output))
+    pipeline = dlt.pipeline(options.pipeline_name, destination=target, dataset_name="posthog",
+                            pipelines_dir=str(tmp_path / "restored"))
+    pipeline.sync_destination()
+    projects = pipeline.state["sources"]["posthog"]["resources"]["session_recordings"]["projects"]
+    return dict(projects)
+
+
+@both_destinations
+def test_forget_removes_exactly_the_peoples_rows_and_a_later_sync_keeps_them_out(
+    capsys: pytest.CaptureFixture[str], fake: FakePostHog, forget_options: SyncOptions, tmp_path: Path
+) -> None:
+    options = forget_options
+    recordings = {p: fake.truth(p, "session_recordings") for p in (1, 2)}
+    # person A (project 1, by distinct id) owns the newest recording, so its id sits in the state's edge;
+    # A is also a PostHog user who watched recordings: their email is on other recordings' viewers lists
+    a = max(recordings[1], key=lambda r: r["start_time"])["distinct_id"]
+    viewer = next(v for r in recordings[1] for v in r["viewers"])
+    fake.set_person_property(1, a, "email", viewer.upper())  # emails compare case-insensitively
+    # person B (project 2) is named by its person uuid only
+    b_person = recordings[2][3]["person"]
+    owned = {(1, r["id"]) for r in recordings[1] if r["distinct_id"] == a}
+    owned |= {(2, r["id"]) for r in recordings[2] if r["person"]["uuid"] == b_person["uuid"]}
+    assert len(owned) > 2
+    sync(options, fake.transport())
+    before = stored(options)
+    assert owned <= before["session_recordings"].keys()
+    edge = {(int(p), i) for p, s in stored_state(options, tmp_path).items() for i in s.get("edge", {})}
+    assert edge & owned, "the newest recording's id should be in the state"
+
+    # what forget must do, from the rows as stored
+    expected = {table: {k: dict(r) for k, r in rows.items()} for table, rows in before.items()}
+    for k in owned:
+        del expected["session_recordings"][k]
+    changed = {"session_recordings": 0, "session_group_summaries": 0}
+    for row in expected["session_recordings"].values():
+        kept = [v for v in row["viewers"] or [] if v.lower() != viewer.lower()]
+        if kept != (row["viewers"] or []):
+            row["viewers"], changed["session_recordings"] = kept, changed["session_recordings"] + 1
+    erased_ids = {i for _, i in owned}
+    for (project, _), row in expected["session_group_summaries"].items():
+        kept = [s for s in row["session_ids"] if (project, s) not in owned]
+        if kept != row["session_ids"]:
+            row["session_ids"], changed["session_group_summaries"] = kept, changed["session_group_summaries"] + 1
+    assert changed["session_recordings"] > 0 and changed["session_group_summaries"] > 0
+    counts = {"session_recordings": (len(owned), changed["session_recordings"]),
+              "session_group_summaries": (0, changed["session_group_summaries"])}
+    args = ["forget", "--distinct-id", a, "--person-uuid", b_person["uuid"], *destination_args(options)]
+
+    code, out, err = run_cli(capsys, *args, "--dry-run")
+    assert (code, err) == (0, ""), err
+    assert printed_counts(out) == counts and "dry run: nothing changed" in out
+    assert stored(options) == before
+
+    code, out, err = run_cli(capsys, *args)
+    assert (code, err) == (0, ""), err
+    assert printed_counts(out) == counts
+    assert f"removed {len(owned)} rows" in out
+    after = stored(options)
+    assert after == expected
+    assert not any(erased_ids & set(s.get("edge", {})) for s in stored_state(options, tmp_path).values())
+    loaded = Path(options.pipelines_dir or "", options.pipeline_name, "load", "loaded")
+    assert not [p for p in loaded.glob("*/completed_jobs/*") if p.is_file()], "dlt's local copies of the rows"
+
+    code, out, err = run_cli(capsys, *args)  # done already: nothing left to remove
+    assert (code, err) == (0, "")
+    assert printed_counts(out) == {t: (0, 0) for t in TABLES}
+    assert stored(options) == expected
+
+    # PostHog erased them too: the next sync works, brings in new recordings and none of theirs
+    for project, ident in owned:
+        fake.delete_recording(project, ident)
+    fake.advance(3 * 3600)
+    sync(options, fake.transport())
+    synced = stored(options)["session_recordings"]
+    assert not owned & synced.keys()
+    assert len(synced) > len(after["session_recordings"])
+
+
+def test_forget_refuses_bad_input_in_one_line(
+    capsys: pytest.CaptureFixture[str], forget_options: SyncOptions, tmp_path: Path
+) -> None:
+    code, out, err = run_cli(capsys, "forget", "--output", str(tmp_path / "x.duckdb"))
+    assert code == 2 and "--distinct-id" in err and len(err.splitlines()) == 1
+    code, out, err = run_cli(capsys, "forget", "--distinct-id", "d1", "--output", str(tmp_path / "missing.duckdb"))
+    assert code == 2 and "no DuckDB file" in err and len(err.splitlines()) == 1
+    code, out, err = run_cli(capsys, "forget", "--distinct-id", "d1", "--destination", "parquet",
+                             "--output", str(tmp_path / "missing"))
+    assert code == 2 and "no Parquet folder" in err and len(err.splitlines()) == 1
+    duckdb.connect(str(tmp_path / "empty.duckdb")).close()
+    code, out, err = run_cli(capsys, "forget", "--distinct-id", "d1", "--output", str(tmp_path / "empty.duckdb"))
+    assert code == 2 and "nothing synced yet" in err and len(err.splitlines()) == 1
+    assert "Traceback" not in err
