@@ -19,8 +19,10 @@ from fake_posthog import FakePostHog
 from pipelines.cli import main
 from pipelines.runner import SyncOptions
 from sources.posthog import ENDPOINTS
+from sources.posthog.endpoints import Child, Endpoint, Traces
 
 from .conftest import sync
+from .test_postgres import cli_sync, pg, pg_query, postgres_url  # noqa: F401 - fixtures
 
 RESOURCES = ["session_recordings", "session_group_summaries"]
 TABLES = {"session_recordings": ("project_id", "id"), "session_group_summaries": ("project_id", "id")}
@@ -183,3 +185,100 @@ def test_forget_refuses_bad_input_in_one_line(
     code, out, err = run_cli(capsys, "forget", "--distinct-id", "d1", "--output", str(tmp_path / "empty.duckdb"))
     assert code == 2 and "nothing synced yet" in err and len(err.splitlines()) == 1
     assert "Traceback" not in err
+
+
+@both_destinations
+def test_a_table_joins_forget_by_one_traces_entry_with_its_child_tables(
+    capsys: pytest.CaptureFixture[str], fake: FakePostHog, forget_options: SyncOptions, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replay Vision observations and playlist items, as other tables will be: declared, loaded, forgotten."""
+    options = forget_options
+    options.resources = ["session_recordings"]
+    observations = Endpoint(
+        name="vision_observations", path="vision/observations", paging="drf", sync="full", primary_key=("id",),
+        columns={"id": "text", "session_id": "text", "distinct_id": "text", "recording_subject_email": "text"},
+        children={"tags": Child({"tag": "text"}, scalar="tag")},
+        traces=Traces(distinct_ids=("distinct_id",), emails=("recording_subject_email",), sessions=("session_id",)),
+    )
+    items = Endpoint(name="session_recording_playlist_items", path="recordings", paging="has_next", sync="full",
+                     primary_key=("playlist_id", "session_id"), columns={"playlist_id": "bigint", "session_id": "text"},
+                     traces=Traces(sessions=("session_id",)))
+    for endpoint in (observations, items):
+        monkeypatch.setitem(ENDPOINTS, endpoint.name, endpoint)
+    recordings = fake.truth(1, "session_recordings")
+    a = recordings[0]["distinct_id"]
+    mine = [r["id"] for r in recordings if r["distinct_id"] == a]
+    other = next(r for r in recordings if r["distinct_id"] != a)
+    email = recordings[0]["person"]["properties"]["email"]
+    rows = [  # (id, session, distinct id, subject email, erased)
+        ("o1", mine[0], a, None, True),  # names the person
+        ("o2", mine[-1], None, None, True),  # names an erased session
+        ("o3", None, "a-laptop", email.upper(), True),  # the person's email: its distinct id is theirs too
+        ("o4", None, "a-laptop", None, True),
+        ("o5", other["id"], other["distinct_id"], "someone@example.com", False),
+    ]
+    sync(options, fake.transport())
+    pipeline = dlt.pipeline(options.pipeline_name, destination=(
+        dlt.destinations.filesystem(bucket_url=Path(options.output).as_uri()) if options.destination == "parquet"
+        else dlt.destinations.duckdb(options.output)), dataset_name="posthog", pipelines_dir=options.pipelines_dir)
+    pipeline.run([
+        dlt.resource([{"project_id": 1, "id": i, "session_id": s, "distinct_id": d, "recording_subject_email": e}
+                      for i, s, d, e, _ in rows], name="vision_observations", primary_key=["project_id", "id"]),
+        dlt.resource([{"project_id": 1, "vision_observation_id": i, "position": n, "tag": f"tag{n}"}
+                      for i, *_ in rows for n in range(2)], name="vision_observations__tags"),
+        dlt.resource([{"project_id": 1, "playlist_id": 7, "session_id": s} for s in (mine[0], other["id"])],
+                     name="session_recording_playlist_items"),
+    ], loader_file_format="parquet")
+    code, out, err = run_cli(capsys, "forget", "--distinct-id", a, *destination_args(options))
+    assert (code, err) == (0, ""), err
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()[2:-1]}
+    assert counts == {"session_recordings": len(mine), "vision_observations": 4, "vision_observations__tags": 8,
+                      "session_recording_playlist_items": 1}
+    source = _reader(options)
+    with duckdb.connect(options.output if options.destination == "duckdb" else ":memory:") as con:
+        def ids(table: str, column: str) -> set[Any]:
+            return {v for (v,) in con.execute(f"SELECT {column} FROM {source(table)}").fetchall()}
+
+        assert ids("vision_observations", "id") == {"o5"}
+        assert ids("vision_observations__tags", "vision_observation_id") == {"o5"}
+        assert ids("session_recording_playlist_items", "session_id") == {other["id"]}
+        assert not ids("session_recordings", "id") & set(mine) and other["id"] in ids("session_recordings", "id")
+
+
+def test_forget_on_postgres_in_one_transaction(
+    capsys: pytest.CaptureFixture[str], fake: FakePostHog, server: str, pg: dict[str, str]  # noqa: F811
+) -> None:
+    recordings = fake.truth(1, "session_recordings")
+    a = recordings[-1]["distinct_id"]
+    viewer = next(v for r in recordings for v in r["viewers"])
+    fake.set_person_property(1, a, "email", viewer)
+    mine = {r["id"] for r in recordings if r["distinct_id"] == a}
+    cli_sync(pg, server, "--resources", ",".join(RESOURCES))
+    table = f"{pg['dataset']}.session_recordings"
+
+    def state() -> tuple[Any, ...]:
+        return pg_query(pg["url"], f"SELECT count(*), count(*) FILTER (WHERE viewers::text LIKE '%{viewer}%'), "
+                        f"count(*) FILTER (WHERE id IN ({', '.join(repr(i) for i in mine)})), "
+                        f"sum(hashtext(id || coalesce(viewers::text, ''))) FROM {table}")[0]
+
+    total, viewed, owned, _ = before = state()
+    assert owned == len(mine) > 0 and viewed > 0
+    summaries = pg_query(pg["url"], f"SELECT count(*) FROM {pg['dataset']}.session_group_summaries WHERE "
+                         f"project_id = 1 AND session_ids ?| array[{', '.join(repr(i) for i in mine)}]")[0][0]
+    args = ["forget", "--distinct-id", a, "--destination", "postgres", "--dataset", pg["dataset"],
+            "--pipeline-name", pg["dataset"]]
+    code, out, err = run_cli(capsys, *args, "--dry-run")
+    assert (code, err) == (0, "") and state() == before
+    counts = printed_counts(out)
+    assert counts["session_recordings"][0] == len(mine) and counts["session_group_summaries"] == (0, summaries)
+    code, out, err = run_cli(capsys, *args)
+    assert (code, err) == (0, "") and printed_counts(out) == counts
+    assert state()[:3] == (total - len(mine), 0, 0)
+    # every other recording that listed the email (in both projects) keeps its row, without the email
+    assert counts["session_recordings"][1] == viewed - sum(1 for r in recordings if r["id"] in mine and viewer in
+                                                           r["viewers"]) > 0
+    left = pg_query(pg["url"], f"SELECT count(*) FROM {pg['dataset']}.session_group_summaries WHERE "
+                    f"session_ids ?| array[{', '.join(repr(i) for i in mine)}]")[0][0]
+    assert left == 0
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0 and printed_counts(out) == {t: (0, 0) for t in TABLES}
