@@ -186,7 +186,8 @@ class SqlStore(Store):
 
     def __init__(self, pipeline: Any, client: Any) -> None:
         self.schema, self.client = pipeline.default_schema, client
-        self.transactions = pipeline.destination.capabilities().supports_transactions
+        # dlt leaves it None (unset) for most SQL destinations and sets False where there are none
+        self.transactions = pipeline.destination.capabilities().supports_transactions is not False
         self.present = set(self.schema.data_table_names(seen_data_only=True))
 
     def table(self, name: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import duckdb
 import pytest
 
 from fake_posthog import FakePostHog
+from pipelines import forget as forget_module
 from pipelines.cli import main
 from pipelines.runner import SyncOptions
 from sources.posthog import ENDPOINTS
@@ -100,11 +102,19 @@ def stored_state(options: SyncOptions, tmp_path: Path) -> dict[str, Any]:
     return dict(projects)
 
 
-@both_destinations
-def test_forget_removes_exactly_the_peoples_rows_and_a_later_sync_keeps_them_out(
-    capsys: pytest.CaptureFixture[str], fake: FakePostHog, forget_options: SyncOptions, tmp_path: Path
-) -> None:
-    options = forget_options
+@dataclass
+class Case:
+    """Two people to forget, the rows as stored after a sync, and what forget must leave and print."""
+
+    args: list[str]
+    owned: set[tuple[Any, ...]]
+    before: dict[str, dict[tuple[Any, ...], dict[str, Any]]]
+    expected: dict[str, dict[tuple[Any, ...], dict[str, Any]]]
+    counts: dict[str, tuple[int, int]]
+
+
+def two_people(fake: FakePostHog, options: SyncOptions) -> Case:
+    """Sync, and work out from the stored rows what forgetting two people must do."""
     recordings = {p: fake.truth(p, "session_recordings") for p in (1, 2)}
     # person A (project 1, by distinct id) owns the newest recording, so its id sits in the state's edge;
     # A is also a PostHog user who watched recordings: their email is on other recordings' viewers lists
@@ -119,10 +129,6 @@ def test_forget_removes_exactly_the_peoples_rows_and_a_later_sync_keeps_them_out
     sync(options, fake.transport())
     before = stored(options)
     assert owned <= before["session_recordings"].keys()
-    edge = {(int(p), i) for p, s in stored_state(options, tmp_path).items() for i in s.get("edge", {})}
-    assert edge & owned, "the newest recording's id should be in the state"
-
-    # what forget must do, from the rows as stored
     expected = {table: {k: dict(r) for k, r in rows.items()} for table, rows in before.items()}
     for k in owned:
         del expected["session_recordings"][k]
@@ -131,7 +137,6 @@ def test_forget_removes_exactly_the_peoples_rows_and_a_later_sync_keeps_them_out
         kept = [v for v in row["viewers"] or [] if v.lower() != viewer.lower()]
         if kept != (row["viewers"] or []):
             row["viewers"], changed["session_recordings"] = kept, changed["session_recordings"] + 1
-    erased_ids = {i for _, i in owned}
     for (project, _), row in expected["session_group_summaries"].items():
         kept = [s for s in row["session_ids"] if (project, s) not in owned]
         if kept != row["session_ids"]:
@@ -140,6 +145,19 @@ def test_forget_removes_exactly_the_peoples_rows_and_a_later_sync_keeps_them_out
     counts = {"session_recordings": (len(owned), changed["session_recordings"]),
               "session_group_summaries": (0, changed["session_group_summaries"])}
     args = ["forget", "--distinct-id", a, "--person-uuid", b_person["uuid"], *destination_args(options)]
+    return Case(args, owned, before, expected, counts)
+
+
+@both_destinations
+def test_forget_removes_exactly_the_peoples_rows_and_a_later_sync_keeps_them_out(
+    capsys: pytest.CaptureFixture[str], fake: FakePostHog, forget_options: SyncOptions, tmp_path: Path
+) -> None:
+    options = forget_options
+    case = two_people(fake, options)
+    args, owned, before, expected, counts = case.args, case.owned, case.before, case.expected, case.counts
+    erased_ids = {i for _, i in owned}
+    edge = {(int(p), i) for p, s in stored_state(options, tmp_path).items() for i in s.get("edge", {})}
+    assert edge & owned, "the newest recording's id should be in the state"
 
     code, out, err = run_cli(capsys, *args, "--dry-run")
     assert (code, err) == (0, ""), err
@@ -282,3 +300,63 @@ def test_forget_on_postgres_in_one_transaction(
     assert left == 0
     code, out, err = run_cli(capsys, *args)
     assert code == 0 and printed_counts(out) == {t: (0, 0) for t in TABLES}
+
+
+def test_a_crash_mid_forget_on_parquet_loses_nothing_and_a_rerun_finishes(
+    capsys: pytest.CaptureFixture[str], fake: FakePostHog, options: SyncOptions, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    options.resources, options.destination, options.output = RESOURCES, "parquet", str(tmp_path / "parquet")
+    monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path))
+    case = two_people(fake, options)
+    switches = []
+
+    def crash_on_the_second(*args: Any) -> None:
+        if switches:
+            raise RuntimeError("killed")
+        switches.append(args)
+        real_switch(*args)
+
+    real_switch = forget_module._switch
+    monkeypatch.setattr(forget_module, "_switch", crash_on_the_second)
+    code, out, err = run_cli(capsys, *case.args)
+    assert code == 1 and "killed" in err and len(switches) == 1
+    half = stored(options)  # the summaries were rewritten, the recordings not yet
+    assert half["session_group_summaries"] == case.expected["session_group_summaries"]
+    assert half["session_recordings"] == case.before["session_recordings"]
+    monkeypatch.setattr(forget_module, "_switch", real_switch)
+    code, out, err = run_cli(capsys, *case.args)
+    assert (code, err) == (0, "")
+    assert printed_counts(out) == {**case.counts, "session_group_summaries": (0, 0)}
+    assert stored(options) == case.expected
+
+
+def test_a_failure_mid_forget_on_duckdb_rolls_everything_back(
+    capsys: pytest.CaptureFixture[str], fake: FakePostHog, forget_options: SyncOptions,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    case = two_people(fake, forget_options)
+    real_apply = forget_module.SqlStore.apply
+    statements = []
+
+    def fail_after_two(self: Any, changes: Any) -> None:
+        execute = self.client.execute_sql
+
+        def counted(sql: str, *args: Any) -> Any:
+            statements.append(sql.split()[0])
+            if len(statements) > 2:
+                raise RuntimeError("disk full")
+            return execute(sql, *args)
+
+        self.client.execute_sql = counted
+        real_apply(self, changes)
+
+    monkeypatch.setattr(forget_module.SqlStore, "apply", fail_after_two)
+    code, out, err = run_cli(capsys, *case.args)
+    assert code == 1 and "disk full" in err and len(err.splitlines()) == 1
+    assert statements[:2] == ["UPDATE", "UPDATE"]
+    assert stored(forget_options) == case.before  # one transaction: nothing of it stayed
+    monkeypatch.setattr(forget_module.SqlStore, "apply", real_apply)
+    code, out, err = run_cli(capsys, *case.args)
+    assert (code, err) == (0, "") and printed_counts(out) == case.counts
+    assert stored(forget_options) == case.expected
