@@ -10,8 +10,8 @@ session ids. A new table joins with one `Traces` entry; its child tables follow 
 2. The erased sessions are the session ids of those rows; rows naming one of them are erased too, child rows
    follow their parent, and the person's emails and the erased session ids leave the JSON lists that hold
    them (the rows stay).
-3. The erased ids leave the readers' dlt state (a dlt load of the state alone), and dlt's local copies of
-   loaded files (`<pipeline>/load/loaded/*/completed_jobs`) are deleted.
+3. The erased ids leave the readers' dlt state (a dlt load of the state alone); older state versions in the
+   destination, and dlt's local copies of loaded files (`<pipeline>/load/loaded/*/completed_jobs`), are deleted.
 4. SQL destinations: every UPDATE and DELETE in one transaction. Parquet: each file holding a touched row is
    rewritten without it (staged, manifest, renamed, as compaction does), one table after the other, the
    tables whose rows name the person last, so that a crash leaves what a re-run needs to find the rest.
@@ -164,6 +164,11 @@ class Store:
     def apply(self, changes: Sequence[Change]) -> None:
         raise NotImplementedError
 
+    def prune_state(self, pipeline: Any) -> int:
+        """Delete the pipeline's dlt state versions older than the newest committed one (they can hold
+        erased ids; dlt restores only the newest); returns how many went."""
+        raise NotImplementedError
+
     def where(self, columns: Sequence[str], keys: Iterable[Key]) -> str:
         """SQL true for the rows whose `columns` (project_id first) equal one of `keys`."""
         by_project: dict[Any, list[Key]] = {}
@@ -220,6 +225,19 @@ class SqlStore(Store):
                     self.client.execute_sql(f"DELETE FROM {table} WHERE {self.where(change.table.link, chunk)}")
 
 
+    def prune_state(self, pipeline: Any) -> int:
+        schema, name = pipeline.default_schema, _literal(pipeline.pipeline_name)
+        state, loads = self.table(schema.state_table_name), self.table(schema.loads_table_name)
+        load_id, pipeline_name = self.column("_dlt_load_id"), self.column("pipeline_name")
+        where = (f"{pipeline_name} = {name} AND {load_id} < (SELECT max(s.{load_id}) FROM {state} s JOIN {loads} l "
+                 f"ON l.{self.column('load_id')} = s.{load_id} WHERE s.{pipeline_name} = {name} AND "
+                 f"l.{self.column('status')} = 0)")
+        count = int(next(iter(self.rows(f"SELECT count(*) FROM {state} WHERE {where}")))[0])
+        if count:
+            self.client.execute_sql(f"DELETE FROM {state} WHERE {where}")
+        return count
+
+
 class ParquetStore(Store):
     """Parquet on a filesystem destination: DuckDB views over each table's files; changes rewrite files."""
 
@@ -259,6 +277,20 @@ class ParquetStore(Store):
         for change in sorted(changes, key=lambda c: c.order):
             if change.gone or change.lists:
                 self._rewrite(change)
+
+    def prune_state(self, pipeline: Any) -> int:
+        # `<pipeline>__<load id>__<hash>.jsonl`; a load is committed once `_dlt_loads` names it
+        schema, fs = pipeline.default_schema, self.fs
+        loads, states_folder = (self.folder_of(n).rstrip("/\\") for n in (schema.loads_table_name,
+                                                                          schema.state_table_name))
+        committed = {Path(p).stem.split("__")[-1] for p in fs.glob(f"{loads}/*")}
+        states = {p: Path(p).name.split("__") for p in fs.glob(f"{states_folder}/*")}
+        ours = {p: parts[1] for p, parts in states.items() if len(parts) == 3 and parts[0] == pipeline.pipeline_name}
+        newest = max((float(i) for i in ours.values() if i in committed), default=None)
+        old = [p for p, i in ours.items() if newest is not None and float(i) < newest]
+        if old:
+            fs.rm(old)
+        return len(old)
 
     def _rewrite(self, change: Change) -> None:
         """Rewrite the files holding the change's rows: without the erased rows, with the shortened lists."""
@@ -456,6 +488,7 @@ class ForgetResult:
     dry_run: bool
     where: str
     local_files: int = 0  # dlt's local copies of loaded files deleted
+    state_versions: int = 0  # older dlt state versions deleted from the destination
 
     @property
     def removed(self) -> int:
@@ -513,6 +546,8 @@ def forget(
         _forget_in_state(pipeline, changes)
         if any(c.gone or c.lists for c in changes):
             store.apply(changes)
+        if any(c.gone for c in changes):
+            result.state_versions = store.prune_state(pipeline)
         result.local_files = _delete_local_copies(pipeline)
     return result
 

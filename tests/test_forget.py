@@ -102,6 +102,16 @@ def stored_state(options: SyncOptions, tmp_path: Path) -> dict[str, Any]:
     return dict(projects)
 
 
+def state_versions(options: SyncOptions) -> list[str]:
+    """The dlt state versions of the pipeline the destination holds (each can name recordings' ids)."""
+    if options.destination == "parquet":
+        return sorted(p.name for p in Path(options.output, "posthog", "_dlt_pipeline_state").glob(
+            f"{options.pipeline_name}__*"))
+    with duckdb.connect(options.output, read_only=True) as con:
+        return [s for (s,) in con.execute("SELECT state FROM posthog._dlt_pipeline_state WHERE pipeline_name = ?",
+                                          [options.pipeline_name]).fetchall()]
+
+
 @dataclass
 class Case:
     """Two people to forget, the rows as stored after a sync, and what forget must leave and print."""
@@ -158,6 +168,7 @@ def test_forget_removes_exactly_the_peoples_rows_and_a_later_sync_keeps_them_out
     erased_ids = {i for _, i in owned}
     edge = {(int(p), i) for p, s in stored_state(options, tmp_path).items() for i in s.get("edge", {})}
     assert edge & owned, "the newest recording's id should be in the state"
+    assert len(state_versions(options)) > 1  # one per load that moved a cursor
 
     code, out, err = run_cli(capsys, *args, "--dry-run")
     assert (code, err) == (0, ""), err
@@ -171,6 +182,7 @@ def test_forget_removes_exactly_the_peoples_rows_and_a_later_sync_keeps_them_out
     after = stored(options)
     assert after == expected
     assert not any(erased_ids & set(s.get("edge", {})) for s in stored_state(options, tmp_path).values())
+    assert len(state_versions(options)) == 1  # the older versions named erased ids; dlt needs the newest only
     loaded = Path(options.pipelines_dir or "", options.pipeline_name, "load", "loaded")
     assert not [p for p in loaded.glob("*/completed_jobs/*") if p.is_file()], "dlt's local copies of the rows"
 
