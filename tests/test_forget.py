@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,13 @@ from pipelines import forget as forget_module
 from pipelines.cli import main
 from pipelines.runner import SyncOptions
 from sources.posthog import ENDPOINTS
-from sources.posthog.endpoints import Child, Endpoint, Traces
+from sources.posthog.client import PostHogClient
+from sources.posthog.endpoints import RECORDINGS, Child, Endpoint, Traces
+from sources.posthog.errors import BudgetExhausted
+from sources.posthog.report import SyncReport
+from sources.posthog.sync import Context, read_date_from
 
-from .conftest import sync
+from .conftest import NOW, sync
 from .test_postgres import cli_sync, pg, pg_query, postgres_url  # noqa: F401 - fixtures
 
 RESOURCES = ["session_recordings", "session_group_summaries"]
@@ -372,3 +377,31 @@ def test_a_failure_mid_forget_on_duckdb_rolls_everything_back(
     code, out, err = run_cli(capsys, *case.args)
     assert (code, err) == (0, "") and printed_counts(out) == case.counts
     assert stored(forget_options) == case.expected
+
+
+def test_a_recordings_read_stopped_in_a_narrowed_window_keeps_only_ids_and_starts_in_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows held back at a window's `date_to` when the rate budget runs out: the state keeps their start,
+    never the rows (which carry the person object)."""
+    fake = FakePostHog(project_ids=[1], now=NOW, recordings=400, recording_step_s=600, seed=1)
+    fake.too_big(20, max_span_s=6 * 3600, statuses=(504,), seed=0)
+    real_pages, asked = PostHogClient.pages, []
+
+    def stop_at_the_re_read(self: Any, path: str, params: Any, *args: Any, **kwargs: Any) -> Any:
+        if "session_ids" in params:  # the rows held at the window's date_to, read again whole
+            asked.extend(json.loads(params["session_ids"]))
+            raise BudgetExhausted("rate budget: waiting 61 min exceeds 60 (max_wait)")
+        yield from real_pages(self, path, params, *args, **kwargs)
+
+    monkeypatch.setattr(PostHogClient, "pages", stop_at_the_re_read)
+    state: dict[str, Any] = {}
+    client = PostHogClient("http://fake.test", fake.api_key, backoff_s=0.001, transport=fake.transport())
+    ctx = Context(client=client, report=SyncReport(), lookback=timedelta(days=1),
+                  initial_date_from="2026-11-17T12:00:00Z", page_sizes={"session_recordings": 20})
+    list(read_date_from(ctx.report.job(RECORDINGS, 1, state), ctx))
+    client.close()
+    assert asked and ctx.report.run(1, RECORDINGS.name).status == "incomplete"
+    assert set(asked) <= state["edge"].keys()  # the next run must know where they start
+    assert state["edge"] and all(isinstance(v, int) for v in state["edge"].values()), state["edge"]
+    assert "@" not in json.dumps(state)  # no person object, no email
