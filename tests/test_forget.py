@@ -179,6 +179,8 @@ def test_forget_removes_exactly_the_peoples_rows_and_a_later_sync_keeps_them_out
     assert (code, err) == (0, ""), err
     assert printed_counts(out) == counts and "dry run: nothing changed" in out
     assert stored(options) == before
+    code, out, err = run_cli(capsys, *args, "--dry-run", "--project-id", "2")  # B's project only
+    assert code == 0 and printed_counts(out)["session_recordings"][0] == len({k for k in owned if k[0] == 2}) > 0
 
     code, out, err = run_cli(capsys, *args)
     assert (code, err) == (0, ""), err
@@ -315,6 +317,8 @@ def test_forget_on_postgres_in_one_transaction(
     left = pg_query(pg["url"], f"SELECT count(*) FROM {pg['dataset']}.session_group_summaries WHERE "
                     f"session_ids ?| array[{', '.join(repr(i) for i in mine)}]")[0][0]
     assert left == 0
+    assert pg_query(pg["url"], f"SELECT count(*) FROM {pg['dataset']}._dlt_pipeline_state "
+                    f"WHERE pipeline_name = '{pg['dataset']}'")[0][0] == 1
     code, out, err = run_cli(capsys, *args)
     assert code == 0 and printed_counts(out) == {t: (0, 0) for t in TABLES}
 
