@@ -526,8 +526,9 @@ def forget(
         pipeline = dlt.pipeline(pipeline_name, destination=target, dataset_name=dataset, pipelines_dir=pipelines_dir)
         pipeline.sync_destination()
         if not pipeline.default_schema_name or not pipeline.default_schema.data_table_names(seen_data_only=True):
-            raise LookupError(f"no dataset {dataset!r} in {where} (nothing synced yet): "
-                              "check --destination, --output and --dataset")
+            raise LookupError(f"no dataset {dataset!r} with the state of pipeline {pipeline_name!r} in {where} "
+                              "(nothing synced yet, or under another name): check --destination, --output, "
+                              "--dataset and --pipeline-name")
         if pipeline.has_pending_data and not dry_run:
             raise UsageError(f"pipeline {pipeline_name!r} has a load that did not finish: run `posthog-export sync` "
                              "first (it completes it), then forget")

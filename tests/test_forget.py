@@ -41,7 +41,7 @@ def forget_options(options: SyncOptions, tmp_path: Path, monkeypatch: pytest.Mon
     """Recordings and summaries only; the CLI finds the pipeline where the sync put it (DLT_DATA_DIR)."""
     monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path))
     assert Path(options.pipelines_dir or "") == tmp_path / "pipelines"
-    options.resources = RESOURCES
+    options.resources, options.page_sizes = RESOURCES, {}  # whole listings in a page or two: fewer requests
     destination = getattr(request, "param", "duckdb")
     if destination == "parquet":
         options.destination, options.output = "parquet", str(tmp_path / "parquet")
@@ -179,6 +179,8 @@ def test_forget_removes_exactly_the_peoples_rows_and_a_later_sync_keeps_them_out
     assert (code, err) == (0, ""), err
     assert printed_counts(out) == counts and "dry run: nothing changed" in out
     assert stored(options) == before
+    code, out, err = run_cli(capsys, *args, "--pipeline-name", "other")
+    assert code == 2 and "under another name" in err and len(err.splitlines()) == 1
     code, out, err = run_cli(capsys, *args, "--dry-run", "--project-id", "2")  # B's project only
     assert code == 0 and printed_counts(out)["session_recordings"][0] == len({k for k in owned if k[0] == 2}) > 0
 
