@@ -440,7 +440,13 @@ def plan(store: Store, person: Person, projects: Sequence[int] | None = None) ->
     for table in known:
         change = changes[table.name]
         if table.parent:
-            change.gone = {k[:2] for k in changes[table.parent].gone} if table.parent in changes else set()
+            # child rows name their parent by its `id` (sync.py `page_items`), whatever the parent's key
+            parent = changes.get(table.parent)
+            change.gone = set()
+            for chunk in _chunks(parent.gone if parent else ()):
+                change.gone.update(store.rows(
+                    f"SELECT {store.column('project_id')}, {store.column('id')} FROM {store.table(table.parent)} "
+                    f"WHERE {store.where(parent.table.key, chunk)}"))  # type: ignore[union-attr]
             for chunk in _chunks(change.gone):
                 sql = f"SELECT count(*) FROM {store.table(table.name)} WHERE {store.where(table.link, chunk)}"
                 change.removed += int(next(iter(store.rows(sql)))[0])

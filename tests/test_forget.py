@@ -233,9 +233,11 @@ def test_a_table_joins_forget_by_one_traces_entry_with_its_child_tables(
     """Replay Vision observations and playlist items, as other tables will be: declared, loaded, forgotten."""
     options = forget_options
     options.resources = ["session_recordings"]
-    observations = Endpoint(
-        name="vision_observations", path="vision/observations", paging="drf", sync="full", primary_key=("id",),
-        columns={"id": "text", "session_id": "text", "distinct_id": "text", "recording_subject_email": "text"},
+    observations = Endpoint(  # one row per scanner and session (a retry replaces the failed one, §7.6)
+        name="vision_observations", path="vision/observations", paging="drf", sync="full",
+        primary_key=("scanner_id", "session_id"),
+        columns={"id": "text", "scanner_id": "text", "session_id": "text", "distinct_id": "text",
+                 "recording_subject_email": "text"},
         children={"tags": Child({"tag": "text"}, scalar="tag")},
         traces=Traces(distinct_ids=("distinct_id",), emails=("recording_subject_email",), sessions=("session_id",)),
     )
@@ -252,8 +254,9 @@ def test_a_table_joins_forget_by_one_traces_entry_with_its_child_tables(
     rows = [  # (id, session, distinct id, subject email, erased)
         ("o1", mine[0], a, None, True),  # names the person
         ("o2", mine[-1], None, None, True),  # names an erased session
-        ("o3", None, "a-laptop", email.upper(), True),  # the person's email: its distinct id is theirs too
-        ("o4", None, "a-laptop", None, True),
+        # the person's email: its distinct id is theirs too (their sessions' recordings expired unexported)
+        ("o3", "expired-1", "a-laptop", email.upper(), True),
+        ("o4", "expired-2", "a-laptop", None, True),
         ("o5", other["id"], other["distinct_id"], "someone@example.com", False),
     ]
     sync(options, fake.transport())
@@ -261,8 +264,8 @@ def test_a_table_joins_forget_by_one_traces_entry_with_its_child_tables(
         dlt.destinations.filesystem(bucket_url=Path(options.output).as_uri()) if options.destination == "parquet"
         else dlt.destinations.duckdb(options.output)), dataset_name="posthog", pipelines_dir=options.pipelines_dir)
     pipeline.run([
-        dlt.resource([{"project_id": 1, "id": i, "session_id": s, "distinct_id": d, "recording_subject_email": e}
-                      for i, s, d, e, _ in rows], name="vision_observations", primary_key=["project_id", "id"]),
+        dlt.resource([{"project_id": 1, "id": i, "scanner_id": "scanner-1", "session_id": s, "distinct_id": d,
+                       "recording_subject_email": e} for i, s, d, e, _ in rows], name="vision_observations"),
         dlt.resource([{"project_id": 1, "vision_observation_id": i, "position": n, "tag": f"tag{n}"}
                       for i, *_ in rows for n in range(2)], name="vision_observations__tags"),
         dlt.resource([{"project_id": 1, "playlist_id": 7, "session_id": s} for s in (mine[0], other["id"])],
