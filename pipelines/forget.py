@@ -161,6 +161,10 @@ class Store:
     def rows(self, sql: str) -> Iterator[tuple[Any, ...]]:
         raise NotImplementedError
 
+    def count(self, sql: str) -> int:
+        """The single number a `SELECT count(*)` returns (its result read to the end)."""
+        return int(list(self.rows(sql))[0][0])
+
     def apply(self, changes: Sequence[Change]) -> None:
         raise NotImplementedError
 
@@ -232,7 +236,7 @@ class SqlStore(Store):
         where = (f"{pipeline_name} = {name} AND {load_id} < (SELECT max(s.{load_id}) FROM {state} s JOIN {loads} l "
                  f"ON l.{self.column('load_id')} = s.{load_id} WHERE s.{pipeline_name} = {name} AND "
                  f"l.{self.column('status')} = 0)")
-        count = int(next(iter(self.rows(f"SELECT count(*) FROM {state} WHERE {where}")))[0])
+        count = self.count(f"SELECT count(*) FROM {state} WHERE {where}")
         if count:
             self.client.execute_sql(f"DELETE FROM {state} WHERE {where}")
         return count
@@ -449,7 +453,7 @@ def plan(store: Store, person: Person, projects: Sequence[int] | None = None) ->
                     f"WHERE {store.where(parent.table.key, chunk)}"))  # type: ignore[union-attr]
             for chunk in _chunks(change.gone):
                 sql = f"SELECT count(*) FROM {store.table(table.name)} WHERE {store.where(table.link, chunk)}"
-                change.removed += int(next(iter(store.rows(sql)))[0])
+                change.removed += store.count(sql)
         else:
             change.removed = len(change.gone)
         _shorten_lists(store, change, present[table.name], person, sessions, only)
@@ -602,4 +606,5 @@ def print_forget(result: ForgetResult) -> None:
         echo(f"dry run: nothing changed in {result.where}; forget would remove {result.removed} rows and change "
              f"{result.changed} ({found})")
     else:
-        echo(f"removed {result.removed} rows and changed {result.changed} in {result.where} ({found})")
+        echo(f"removed {result.removed} rows and changed {result.changed} in {result.where} ({found}); deleted "
+             f"{result.state_versions} older dlt state versions and {result.local_files} local copies of loads")
