@@ -173,12 +173,13 @@ def test_forget_removes_exactly_the_peoples_rows_and_a_later_sync_keeps_them_out
     erased_ids = {i for _, i in owned}
     edge = {(int(p), i) for p, s in stored_state(options, tmp_path).items() for i in s.get("edge", {})}
     assert edge & owned, "the newest recording's id should be in the state"
-    assert len(state_versions(options)) > 1  # one per load that moved a cursor
+    versions = state_versions(options)
+    assert len(versions) > 1  # one per load that moved a cursor
 
     code, out, err = run_cli(capsys, *args, "--dry-run")
     assert (code, err) == (0, ""), err
     assert printed_counts(out) == counts and "dry run: nothing changed" in out
-    assert stored(options) == before
+    assert stored(options) == before and state_versions(options) == versions
     code, out, err = run_cli(capsys, *args, "--pipeline-name", "other")
     assert code == 2 and "under another name" in err and len(err.splitlines()) == 1
     code, out, err = run_cli(capsys, *args, "--dry-run", "--project-id", "2")  # B's project only
