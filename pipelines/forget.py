@@ -11,7 +11,7 @@ session ids. A new table joins with one `Traces` entry; its child tables follow 
    follow their parent, and the person's emails and the erased session ids leave the JSON lists that hold
    them (the rows stay).
 3. The erased ids leave the readers' dlt state (a dlt load of the state alone); older state versions in the
-   destination, and dlt's local copies of loaded files (`<pipeline>/load/loaded/*/completed_jobs`), are deleted.
+   destination, and the packages of completed loads dlt keeps locally (`<pipeline>/load/loaded/`), are deleted.
 4. SQL destinations: every UPDATE and DELETE in one transaction. Parquet: each file holding a touched row is
    rewritten without it (staged, manifest, renamed, as compaction does), one table after the other, the
    tables whose rows name the person last, so that a crash leaves what a re-run needs to find the rest.
@@ -497,7 +497,7 @@ class ForgetResult:
     person: Person
     dry_run: bool
     where: str
-    local_files: int = 0  # dlt's local copies of loaded files deleted
+    local_files: int = 0  # packages of completed loads deleted from the pipeline's folder
     state_versions: int = 0  # older dlt state versions deleted from the destination
 
     @property
@@ -585,14 +585,12 @@ def _forget_in_state(pipeline: Any, changes: Sequence[Change]) -> None:
 
 
 def _delete_local_copies(pipeline: Any) -> int:
-    """Delete the files dlt keeps of every completed load in the pipeline's folder: copies of the rows."""
-    removed = 0
-    for jobs in Path(pipeline.working_dir, "load", "loaded").glob("*/completed_jobs"):
-        for path in jobs.iterdir():
-            if path.is_file():
-                path.unlink()
-                removed += 1
-    return removed
+    """Delete the packages of completed loads dlt keeps in the pipeline's folder: copies of every row loaded
+    (`completed_jobs`) and of the state (`load_package_state.json`). dlt needs none of them again."""
+    packages = [p for p in Path(pipeline.working_dir, "load", "loaded").glob("*") if p.is_dir()]
+    for package in packages:
+        shutil.rmtree(package)
+    return len(packages)
 
 
 def print_forget(result: ForgetResult) -> None:
@@ -607,4 +605,4 @@ def print_forget(result: ForgetResult) -> None:
              f"{result.changed} ({found})")
     else:
         echo(f"removed {result.removed} rows and changed {result.changed} in {result.where} ({found}); deleted "
-             f"{result.state_versions} older dlt state versions and {result.local_files} local copies of loads")
+             f"{result.state_versions} older dlt state versions and {result.local_files} local load packages")
