@@ -269,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         resource = error.resource if isinstance(error, Interrupted) else None
         echo(f"interrupted by {signal.Signals(signum).name}: "
              + (f"{resource} was not committed, " if resource else "")
-             + "resources that finished are committed; rerun to continue", err=True)
+             + ("resources that finished are committed; " if args.command == "sync" else "")
+             + "rerun to continue", err=True)
         return EXIT_SIGNALLED.get(signum, EXIT_FAILED)
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into one line
         if args.verbose:

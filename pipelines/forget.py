@@ -13,8 +13,8 @@ session ids. A new table joins with one `Traces` entry; its child tables follow 
 3. The erased ids leave the readers' dlt state (a dlt load of the state alone); older state versions in the
    destination, and the packages of completed loads dlt keeps locally (`<pipeline>/load/loaded/`), are deleted.
 4. SQL destinations: every UPDATE and DELETE in one transaction. Parquet: each file holding a touched row is
-   rewritten without it (staged, manifest, renamed, as compaction does), one table after the other, the
-   tables whose rows name the person last, so that a crash leaves what a re-run needs to find the rest.
+   rewritten without it and staged, in every table, before the manifests are written and the files switched
+   (parquet.py): a crash before the manifests changes nothing, one after them is completed by the next run.
 
 Only keys and the searched columns of candidate rows reach Python; DuckDB rewrites Parquet file by file.
 """
@@ -41,7 +41,7 @@ from sources.posthog.endpoints import Traces
 from sources.posthog.sync import DELETED, child_table, forget_in_state, parent_column
 
 from .output import echo, print_table
-from .parquet import _connect, _literal, _quote, _scan, _switch, _url, compact_table
+from .parquet import Switch, _connect, _finish, _literal, _manifest, _quote, _remove, _scan, _stage, _url, compact_table
 from .runner import SyncOptions, UsageError, destination_for, destination_kind, exclusive
 from .status import LOCAL, SOURCE_NAME, _check_local_output
 
@@ -114,7 +114,8 @@ class Change:
 
     @property
     def order(self) -> int:
-        """Parquet rewrites tables in this order: what names the person goes last (see the module doc)."""
+        """Changes are made in this order: what names the person goes last (where a destination has no
+        transactions, a failure part way then leaves what a re-run needs to find the rest)."""
         return 2 * bool(self.table.traces.persons) + self.names_person
 
 
@@ -278,9 +279,22 @@ class ParquetStore(Store):
             yield from batch
 
     def apply(self, changes: Sequence[Change]) -> None:
-        for change in sorted(changes, key=lambda c: c.order):
-            if change.gone or change.lists:
-                self._rewrite(change)
+        # every table's new files are staged before any manifest is written, and every manifest before any
+        # file is switched: a crash before the manifests changes nothing, one after them is completed by the
+        # next compaction or forget (parquet.py `_recover`)
+        staged: list[Switch] = []
+        try:
+            for change in sorted(changes, key=lambda c: c.order):
+                if change.gone or change.lists:
+                    staged.extend(self._rewrite(change))
+        except BaseException:
+            for switch in staged:  # nothing was switched yet: drop what was staged
+                _remove(self.fs, [f"{p}.tmp" for p in switch.outputs])
+            raise
+        for switch in staged:
+            _manifest(self.fs, switch)
+        for switch in staged:
+            _finish(self.fs, switch)
 
     def prune_state(self, pipeline: Any) -> int:
         # `<pipeline>__<load id>__<hash>.jsonl`; a load is committed once `_dlt_loads` names it
@@ -296,8 +310,9 @@ class ParquetStore(Store):
             fs.rm(old)
         return len(old)
 
-    def _rewrite(self, change: Change) -> None:
-        """Rewrite the files holding the change's rows: without the erased rows, with the shortened lists."""
+    def _rewrite(self, change: Change) -> list[Switch]:
+        """Write and stage new files for those holding the change's rows: without the erased rows, with the
+        shortened lists."""
         table, fs = change.table, self.fs
         con, local = self.con, isinstance(fs, LocalFileSystem)
         link, key, lists = table.link, table.key, sorted(change.lists)
@@ -324,7 +339,7 @@ class ParquetStore(Store):
         files = self.files[table.name]
         replaced = [p for p in files if _url(fs, p) in urls]
         if not replaced:
-            return
+            return []
         folder = self.folder_of(table.name).rstrip("/\\")
         staging = Path(tempfile.mkdtemp(prefix=".compacting-forget", dir=folder if local else None))
         try:
@@ -346,7 +361,7 @@ class ParquetStore(Store):
                 if pq.ParquetFile(target).metadata.num_rows or (n == len(replaced) - 1 and not parts
                                                                 and len(replaced) == len(files)):
                     parts.append(target)
-            _switch(fs, folder, parts, replaced)
+            return [_stage(fs, folder, parts, replaced)]
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             for name in ("forget_gone", "forget_lists"):
