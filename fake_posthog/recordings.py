@@ -259,6 +259,16 @@ class Recordings(State):
         }
         return person
 
+    def set_person_property(self, project_id: int, distinct_id: str, name: str, value: Any) -> None:
+        """A person's property changes (PostHog's `$set`), e.g. its email: every recording of theirs shows it."""
+        with self._lock:
+            self.truth(project_id, "session_recordings")  # persons are made with their first recording
+            found = [p for (q, _), p in self._persons.items() if q == project_id and distinct_id in p["distinct_ids"]]
+            if not found:
+                raise KeyError(f"no person with distinct id {distinct_id!r} in project {project_id}")
+            for person in found:
+                person["properties"][name] = value
+
     def _rec_id_index(self, p: int, rid: object) -> int | None:
         """The index encoded in a recording id of project p, if the id is one of its recordings."""
         m = _OID.fullmatch(rid) if isinstance(rid, str) else None

@@ -38,6 +38,30 @@ class Child:
 
 
 @dataclass(frozen=True)
+class Traces:
+    """Where a table's rows name a person or a recording, for `posthog-export forget` (pipelines/forget.py).
+
+    A row is the person's when a `distinct_ids` column holds one of their distinct ids, a `persons` object
+    (PostHog's person: `distinct_ids`, `uuid`, `properties.email`) lists one or has their uuid, or an
+    `emails` column holds their email; such a row is erased, and the distinct ids, uuids and emails its
+    person objects name become the person's too. A row whose `sessions` column holds the session id of a
+    row erased so is erased as well. The person's emails are taken out of the JSON lists in `email_lists`,
+    the erased session ids out of those in `session_lists`; those rows stay. Child tables follow their parent.
+    """
+
+    distinct_ids: tuple[str, ...] = ()
+    persons: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    sessions: tuple[str, ...] = ()
+    email_lists: tuple[str, ...] = ()
+    session_lists: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return any((self.distinct_ids, self.persons, self.emails, self.sessions, self.email_lists,
+                    self.session_lists))
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """How one PostHog list endpoint is read and where it lands."""
 
@@ -95,6 +119,8 @@ class Endpoint:
     # when PostHog removed the endpoint (e.g. "2026"): a 404 (or a FOSS build's 501) on its list means it
     # is gone from this server, not skipped; the rows exported before stay
     removed: str | None = None
+    # the columns tying a row to a person or a recording, for `forget`
+    traces: Traces = Traces()
 
     @property
     def ascending(self) -> bool:
@@ -134,6 +160,8 @@ RECORDINGS = Endpoint(
     partial_at_edge=True,
     # "web" and null in every list row, mobile recordings too; only `/:id/` has them (§7.1)
     list_placeholders=("snapshot_source", "snapshot_library"),
+    # `id` is the session id; `viewers` lists the emails of the PostHog users who watched it
+    traces=Traces(distinct_ids=("distinct_id",), persons=("person",), sessions=("id",), email_lists=("viewers",)),
     # JSON-decoded by the server (§7.1): send ISO dates with Z and no unknown params.
     params={"order": "start_time", "order_direction": "ASC"},
     columns={
@@ -178,6 +206,8 @@ SUMMARIES = Endpoint(
     cursor="created_at",
     detail=True,
     removed="2026",  # PR #80312, 2026-08-13: newer servers 404, FOSS builds 501; the rows exist nowhere else
+    # a summary covers several people's sessions: an erased one leaves its list, the summary stays
+    traces=Traces(session_lists=("session_ids",)),
     columns={
         "id": "text",
         "title": "text",

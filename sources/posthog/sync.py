@@ -240,13 +240,32 @@ def read_date_from(job: Job, ctx: Context) -> Iterator[Any]:
         if not endpoint.ascending:
             return  # newest first: rows not read yet are older than the cursor would claim
         window.edge.update((k, v) for k, v in known.items() if k not in window.edge)
-        window.edge.update(window.held)  # read but not handed over: the next run must know their start
+        # read but not handed over: the next run must know their start (only that: state keeps no row)
+        window.edge.update((k, _us(r[endpoint.cursor])) for k, r in window.held.items() if r.get(endpoint.cursor))
     if window.newest_us is not None:
         state["cursor"] = iso(datetime.fromtimestamp(window.newest_us / 1_000_000, UTC))
     if endpoint.partial_at_edge:
         state["edge"] = window.edge
     if limits is not None and limits.size:
         state["page_size"] = limits.size
+
+
+def forget_in_state(state: dict[str, Any], ids: Iterable[Any]) -> bool:
+    """Remove row ids from one project's reader state (recordings' edge, desktop pending, full-listing ids),
+    for `forget`; True when something was removed. The state holds no other trace of a row."""
+    gone, changed = set(ids), False
+    edge = state.get("edge") or {}
+    for ident in gone & edge.keys():
+        del edge[ident]
+        changed = True
+    if any(i in gone for i in state.get("pending") or ()):
+        state["pending"] = [i for i in state["pending"] if i not in gone]
+        changed = True
+    for name, listed in (state.get("ids") or {}).items():
+        if any(i in gone for i in listed):
+            state["ids"][name] = [i for i in listed if i not in gone]
+            changed = True
+    return changed
 
 
 def _stopped(run: ResourceRun, error: PostHogError) -> None:
