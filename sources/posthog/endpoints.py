@@ -86,6 +86,9 @@ class Endpoint:
     # objects): the column contract test (tests/test_contract.py) checks every other column against
     # the field lists in shared/posthog-fields.json
     derived: tuple[str, ...] = ()
+    # date_from lists that drop deleted rows without a trace (§7.1): the timestamp column a run sets on a
+    # stored row it finds deleted upstream; the row is kept (pipelines/deletions.py)
+    deleted_mark: str | None = None
 
     @property
     def ascending(self) -> bool:
@@ -115,6 +118,8 @@ RECORDINGS = Endpoint(
     # page that hits the 60 s query timeout is retried at half the size
     page_size=10_000,
     partial_at_edge=True,
+    deleted_mark="deleted_at",
+    derived=("deleted_at",),
     # JSON-decoded by the server (§7.1): send ISO dates with Z and no unknown params.
     params={"order": "start_time", "order_direction": "ASC"},
     columns={
@@ -147,6 +152,7 @@ RECORDINGS = Endpoint(
         "summary_outcome": "json",
         "external_references": "json",
         "matches_filters": "bool",
+        "deleted_at": "timestamp",
     },
 )
 
