@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -182,11 +182,13 @@ def _gone(job: Job, ctx: Any, batch: list[tuple[str, datetime]]) -> list[str]:
     ctx.report.fetched(job.run, len(returned))
     found = {r["id"]: r for r in returned}
     gone = [i for i, _ in batch if i not in found]
+    endpoint = job.endpoint
+    detail = Job(replace(endpoint, buckets=endpoint.detail_buckets or endpoint.buckets), job.project_id, job.run)
     for ident, row in found.items():
         if row.get("expiry_time") is not None:
             continue  # from ClickHouse, which filters deletions
         try:
-            ctx.client.get(f"{job.path}{ident}/", job=job)
+            ctx.client.get(f"{job.path}{ident}/", job=detail)
         except ResourceUnavailable as error:
             if error.status != 404:
                 raise

@@ -481,8 +481,9 @@ def print_summary(result: SyncResult, options: SyncOptions) -> None:
         rows,
     )
     print_rate_buckets(result.client_stats)
+    marks = {marks_name(e) for e in ENDPOINTS.values() if e.deleted_mark}
     for run in report.runs.values():
-        if run.resource.endswith("_deletions") and run.deleted_marked:
+        if run.resource in marks and run.deleted_marked:
             echo(f"project {run.project_id}: {run.deleted_marked} recordings deleted in PostHog marked (deleted_at)")
     for warning in result.warnings():
         echo(f"warning: {warning}", err=True)

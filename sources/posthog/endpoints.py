@@ -51,6 +51,8 @@ class Endpoint:
     cursor: str | None = None
     # the key's rate buckets a request counts against; the last one is blamed for its 429s (§5)
     buckets: tuple[str, ...] = GENERAL
+    # the buckets a `<path>/<id>/` read spends, where they differ from the list's (§5)
+    detail_buckets: tuple[str, ...] | None = None
     # 504/512/513 and ClickHouse's wait-less 429s mean the query was too big: ask for smaller pages or
     # narrower date windows, never the same again (§6)
     too_big: bool = False
@@ -113,6 +115,7 @@ RECORDINGS = Endpoint(
     reread="session_ids",
     # the ClickHouse-backed listing has its own tier besides the analytics bucket (§5)
     buckets=("analytics", "recordings_list"),
+    detail_buckets=("analytics",),  # retrieve has no listing tier
     too_big=True,
     # no API cap (HogQL stops at 50,000); list calls are the scarce budget (60/h on free plans), and a
     # page that hits the 60 s query timeout is retried at half the size
