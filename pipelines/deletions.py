@@ -31,7 +31,7 @@ from sources.posthog import Endpoint, Session
 from sources.posthog.arrow import ARROW_TYPES, dlt_columns
 from sources.posthog.endpoints import MERGE
 from sources.posthog.errors import BudgetExhausted, ResourceUnavailable
-from sources.posthog.report import Job, ResourceRun
+from sources.posthog.report import REPORT_COLUMNS, REPORT_TABLE, Job, ResourceRun
 from sources.posthog.sync import REREAD_BATCH, _reread, iso, parse_time
 
 logger = logging.getLogger("posthog_export")
@@ -88,13 +88,16 @@ def mark_deletions(
             window = run.status == "ok" and run.listed is not None
             if not window and not verify:
                 continue
-            job = Job(endpoint, project_id, session.report.run(project_id, name))
-            project = projects[project_id] = _Project(job.run, progress=saved.get(str(project_id)))
             alive = session.client.server_time() + EXPIRY_MARGIN
+            deleted: list[str] = []
             if window:
                 assert run.listed is not None
                 for ids in stored.ids(project_id, alive, since=run.window_from):
-                    project.deleted.extend(i for i, _ in ids if i not in run.listed)
+                    deleted.extend(i for i, _ in ids if i not in run.listed)
+            if not deleted and not verify:
+                continue  # nothing to report: no summary row, no `_sync_report` load of its own
+            job = Job(endpoint, project_id, session.report.run(project_id, name))
+            project = projects[project_id] = _Project(job.run, deleted, saved.get(str(project_id)))
             if verify:
                 _verify(job, session, stored, project, alive, run.window_from)
             session.report.finish(job.run)
@@ -107,7 +110,7 @@ def mark_deletions(
     progress = {str(p): x.progress for p, x in projects.items() if x.progress_changed}
     if not any(t.num_rows for t in tables) and not progress and not restart:
         return False
-    _load(pipeline, endpoint, name, tables, {**saved, **progress}, file_format)
+    _load(pipeline, session, endpoint, tables, {**saved, **progress}, file_format)
     return any(t.num_rows for t in tables)
 
 
@@ -122,20 +125,35 @@ def _saved_progress(pipeline: Any, name: str) -> dict[str, Any]:
 
 
 def _load(
-    pipeline: Any, endpoint: Endpoint, name: str, tables: list[pa.Table], progress: dict[str, Any],
+    pipeline: Any, session: Session, endpoint: Endpoint, tables: list[pa.Table], progress: dict[str, Any],
     file_format: str | None,
 ) -> None:
-    """Load the marked rows (merge on the key) and the verification progress, in one dlt load."""
-
-    def rows() -> Iterator[pa.Table]:
-        state = dlt.current.resource_state()
-        state["projects"] = {k: v for k, v in progress.items() if v is not None}
-        yield from (t for t in tables if t.num_rows)
+    """Load the marked rows (merge on the key), the verification progress and the marks' `_sync_report`
+    rows, in one dlt load."""
+    name = marks_name(endpoint)
 
     columns: dict[str, Any] = {"project_id": "bigint", **endpoint.columns}
+    # hints per table variant: the `_sync_report` rows must not take the recordings' columns
+    marked = dlt.mark.make_hints(
+        table_name=endpoint.name, write_disposition=MERGE, primary_key=list(endpoint.key),  # type: ignore[arg-type]
+        columns=dlt_columns(columns, endpoint.key),
+    )
+
+    def rows() -> Iterator[Any]:
+        state = dlt.current.resource_state()
+        state["projects"] = {k: v for k, v in progress.items() if v is not None}
+        for table in tables:
+            if table.num_rows:
+                yield dlt.mark.with_hints(table, marked, create_table_variant=True)
+        report = session.report.written(name)
+        if report:
+            hints = dlt.mark.make_hints(table_name=REPORT_TABLE, write_disposition="append", primary_key=[],
+                                        columns=REPORT_COLUMNS)
+            yield dlt.mark.with_hints(report, hints, create_table_variant=True)
+
     resource = dlt.resource(
         rows, name=name, table_name=endpoint.name, write_disposition=MERGE,  # type: ignore[arg-type]
-        primary_key=list(endpoint.key), columns=dlt_columns(columns, endpoint.key),
+        primary_key=list(endpoint.key),
     )
     pipeline.run(resource, loader_file_format=file_format)
 
