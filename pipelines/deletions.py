@@ -63,7 +63,7 @@ def mark_deletions(
     pipeline: Any, session: Session, endpoint: Endpoint, *, verify: bool, file_format: str | None,
     restart: bool = False,
 ) -> bool:
-    """Mark stored rows of `endpoint` that PostHog deleted (see the module docstring); True if a load ran.
+    """Mark stored rows of `endpoint` that PostHog deleted (see the module docstring); True if marks loaded.
 
     `verify` also checks rows older than the window (`--verify-deletions`); `restart` forgets the progress
     of earlier verification rounds (a full refresh).
@@ -71,7 +71,8 @@ def mark_deletions(
     column = endpoint.deleted_mark
     assert column
     name = marks_name(endpoint)
-    saved = {} if restart else _saved_progress(pipeline, name)
+    had = _saved_progress(pipeline, name)
+    saved = {} if restart else had
     projects: dict[int, _Project] = {}
     with pipeline.dataset() as data:
         sql = data.sql_client
@@ -108,7 +109,7 @@ def mark_deletions(
         if project.deleted:
             logger.info("%s project %s: %d deleted in PostHog, marked", endpoint.name, project_id, len(project.deleted))
     progress = {str(p): x.progress for p, x in projects.items() if x.progress_changed}
-    if not any(t.num_rows for t in tables) and not progress and not restart:
+    if not any(t.num_rows for t in tables) and not progress and not (restart and had):
         return False
     _load(pipeline, session, endpoint, tables, {**saved, **progress}, file_format)
     return any(t.num_rows for t in tables)
