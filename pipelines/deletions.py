@@ -95,6 +95,7 @@ def mark_deletions(
                 assert run.listed is not None
                 for ids in stored.ids(project_id, alive, since=run.window_from):
                     deleted.extend(i for i, _ in ids if i not in run.listed)
+                run.listed = None  # used: let the ids go
             if not deleted and not verify:
                 continue  # nothing to report: no summary row, no `_sync_report` load of its own
             job = Job(endpoint, project_id, session.report.run(project_id, name))

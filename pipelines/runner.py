@@ -432,10 +432,18 @@ def _mark_deletions(
     except PipelineStepFailed as error:
         if interrupt := _interrupted(error, resource):
             raise interrupt from None
-        failures[marks_name(endpoint)] = str(_cause(error)).splitlines()[0]
+        message = str(_cause(error)).splitlines()[0]
+    except Exception as error:  # noqa: BLE001 - the recordings are loaded; the marks wait for the next run
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    else:
+        if loaded and destination_kind(pipeline) == "filesystem":
+            _compact(resource, pipeline)
         return
-    if loaded and destination_kind(pipeline) == "filesystem":
-        _compact(resource, pipeline)
+    name = marks_name(endpoint)
+    failures[name] = message
+    session.report.failed(name, message, session.project_ids())
+    for project_id in session.project_ids():
+        session.report.run(project_id, name).deleted_marked = 0  # nothing landed
 
 
 def _load_report(pipeline: Any, report: SyncReport, file_format: str | None) -> None:
