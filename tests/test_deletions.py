@@ -131,6 +131,18 @@ def test_an_incomplete_sync_marks_nothing(fake: FakePostHog, options: SyncOption
     assert marked(options) == {ident}
 
 
+def test_a_first_sync_marks_nothing(fake: FakePostHog, options: SyncOptions) -> None:
+    run(options, fake)
+    times = starts(fake)
+    ident = max(times, key=times.__getitem__)
+    fake.delete_recording(1, ident)
+    fake.advance(600)
+    options.pipeline_name = "another"  # no state of its own: a first sync over rows already stored
+    result = run(options, fake)
+    assert ident in stored(options) and not marked(options)
+    assert not any(r.resource.endswith("_deletions") for r in result.report.runs.values())
+
+
 def test_a_listed_again_row_loses_its_mark(fake: FakePostHog, options: SyncOptions) -> None:
     run(options, fake)
     times = starts(fake)
