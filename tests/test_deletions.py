@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from fake_posthog import FakePostHog
 from pipelines import runner
+from pipelines.cli import build_parser, sync_options
 from pipelines.runner import SyncOptions, SyncResult, run_sync
 from tests.conftest import NOW, PROJECTS, SERVERS, both_servers, query
 from tests.test_postgres import cli_sync, pg_query
@@ -302,3 +303,9 @@ def test_marks_on_postgres(fake: FakePostHog, server: str, pg: dict[str, str]) -
     assert {r[0] for r in rows if r[1] is not None} == {recent, old}
     assert {(r[2], r[3]) for r in rows} == {("object", "array")}
     assert len(rows) == len({r[0] for r in rows}) and set(times) <= {r[0] for r in rows}
+
+
+def test_the_cli_flag_reaches_the_sync_options() -> None:
+    parse = build_parser().parse_args
+    assert sync_options(parse(["sync", "--project-id", "1", "--verify-deletions"])).verify_deletions is True
+    assert sync_options(parse(["sync", "--project-id", "1"])).verify_deletions is False
