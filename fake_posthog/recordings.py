@@ -304,9 +304,17 @@ class Recordings(State):
             self._deleted.setdefault(project_id, set()).add(i)
             self._del_version += 1
 
+    def restore_recording(self, project_id: int, recording_id: str) -> None:
+        """Undo `delete_recording`: a recording missing from one listing (a lagging replica) lists again."""
+        with self._lock:
+            i = self._rec_id_index(project_id, recording_id)
+            self._deleted.get(project_id, set()).discard(-1 if i is None else i)
+            self._del_version += 1
+
     def _by_ids(self, p: int, ids: list[str], dates: list[int | None],
                 now_us: int) -> tuple[list[tuple[int, int | None]], set[int]]:
-        """Items asked for by `session_ids`, and which of them come from Postgres (persisted)."""
+        """Items asked for by `session_ids`, and which of them come from Postgres (persisted): those come back
+        even when deleted or expired, with the fields only ClickHouse computes null (§7.1)."""
         items: list[tuple[int, int | None]] = []
         persisted: set[int] = set()
         a, b, parts, dels = self._rec_window(p, *dates, now_us) if not self.keyset else (0, 0, [], [])

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--output", help=f"DuckDB file or Parquet folder (default {DEFAULT_OUTPUT})")
     sync.add_argument("--dataset", default="posthog", help="dataset (schema) name (default posthog)")
     sync.add_argument("--full-refresh", action="store_true", help="rebuild the selected tables from scratch")
+    sync.add_argument("--verify-deletions", action="store_true",
+                      help="also check stored recordings older than the re-read window for deletion in PostHog "
+                      "(by session_ids, 100 per request, within the rate budget; resumes where the last run stopped)")
     sync.add_argument("--lookback-days", type=_positive, help="re-read window before the cursor (default 1)")
     sync.add_argument("--schema-contract", choices=["freeze", "evolve"],
                       help="freeze: new PostHog fields are reported, not loaded (default); evolve: add them")
@@ -152,6 +155,7 @@ def sync_options(args: argparse.Namespace) -> SyncOptions:
         output=output,
         dataset=args.dataset,
         full_refresh=args.full_refresh,
+        verify_deletions=args.verify_deletions,
         lookback_days=args.lookback_days,
         evolve={"evolve": True, "freeze": False}.get(args.schema_contract),
         pipeline_name=args.pipeline_name,

@@ -75,6 +75,8 @@ class Endpoint:
     cursor: str | None = None
     # the key's rate buckets a request counts against; the last one is blamed for its 429s (§5)
     buckets: tuple[str, ...] = GENERAL
+    # the buckets a `<path>/<id>/` read spends, where they differ from the list's (§5)
+    detail_buckets: tuple[str, ...] | None = None
     # 504/512/513 and ClickHouse's wait-less 429s mean the query was too big: ask for smaller pages or
     # narrower date windows, never the same again (§6)
     too_big: bool = False
@@ -121,6 +123,9 @@ class Endpoint:
     removed: str | None = None
     # the columns tying a row to a person or a recording, for `forget`
     traces: Traces = Traces()
+    # date_from lists that drop deleted rows without a trace (§7.1): the timestamp column a run sets on a
+    # stored row it finds deleted upstream; the row is kept (pipelines/deletions.py)
+    deleted_mark: str | None = None
 
     @property
     def ascending(self) -> bool:
@@ -153,6 +158,7 @@ RECORDINGS = Endpoint(
     reread="session_ids",
     # the ClickHouse-backed listing has its own tier besides the analytics bucket (§5)
     buckets=("analytics", "recordings_list"),
+    detail_buckets=("analytics",),  # retrieve has no listing tier
     too_big=True,
     # no API cap (HogQL stops at 50,000); list calls are the scarce budget (60/h on free plans), and a
     # page that hits the 60 s query timeout is retried at half the size
@@ -162,6 +168,8 @@ RECORDINGS = Endpoint(
     list_placeholders=("snapshot_source", "snapshot_library"),
     # `id` is the session id; `viewers` lists the emails of the PostHog users who watched it
     traces=Traces(distinct_ids=("distinct_id",), persons=("person",), sessions=("id",), email_lists=("viewers",)),
+    deleted_mark="deleted_at",
+    derived=("deleted_at",),
     # JSON-decoded by the server (§7.1): send ISO dates with Z and no unknown params.
     params={"order": "start_time", "order_direction": "ASC"},
     columns={
@@ -194,6 +202,7 @@ RECORDINGS = Endpoint(
         "summary_outcome": "json",
         "external_references": "json",
         "matches_filters": "bool",
+        "deleted_at": "timestamp",
     },
 )
 

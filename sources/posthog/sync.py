@@ -39,6 +39,7 @@ EDGE_MARGIN_US = 3600 * 1_000_000  # a session's parts are never this far apart 
 MIN_WINDOW = timedelta(minutes=15)  # narrower recordings windows than this do not get cheaper
 DELETED = "_deleted"  # set on the rows a run sends only to delete them (dlt's `hard_delete` hint)
 SEEN_KEEP = 1024  # recordings read in a run are forgotten, once past, only when more than this many
+LISTED_KEEP = 500_000  # ids listed in a window kept for deletion marks; a longer window marks none
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,17 @@ class _Window:
     newest_us: int | None
     edge: dict[str, int] = field(default_factory=dict)
     held: dict[str, ROW] = field(default_factory=dict)
+    # every id the listing returned, for deletion marks (None: not collected)
+    listed: set[str] | None = None
+
+    def saw(self, rows: list[ROW]) -> None:
+        """Remember the ids of a listing page (before any is dropped as a repeat or partial)."""
+        if self.listed is None:
+            return
+        self.listed.update(str(r["id"]) for r in rows if r.get("id") is not None)
+        if len(self.listed) > LISTED_KEEP:
+            logger.warning("more than %d recordings in the re-read window: no deletion marks this run", LISTED_KEEP)
+            self.listed = None
 
     def hold(self, endpoint: Endpoint, rows: list[ROW], date_to_us: int) -> list[ROW]:
         """Keep back rows that may run past `date_to` (cut there, §7.1); return the others."""
@@ -221,6 +233,8 @@ def read_date_from(job: Job, ctx: Context) -> Iterator[Any]:
     Recordings that straddle a window's edge come back partial (§7.1): at the lower edge with a later
     start, at a `date_to` with a cut end. Ids seen near the last edge are kept in state with their
     start; a row returned with a later start than stored is partial and is read again by `session_ids`.
+    For deletion marks (`endpoint.deleted_mark`) the run keeps where its window began and, once read to
+    the end on an incremental run, every id listed in it.
     A recordings query too big for ClickHouse (§6) is asked for in smaller pages, then narrower windows;
     the page size that worked is kept in state for the next run.
     """
@@ -233,8 +247,12 @@ def read_date_from(job: Job, ctx: Context) -> Iterator[Any]:
         limits.start(ctx.page_size(endpoint), state.get("page_size"))
     known: dict[str, int] = state.get("edge", {})
     window = _Window(int(parse_time(cursor).timestamp() * 1_000_000) if cursor else None)
+    if endpoint.deleted_mark:
+        job.run.window_from = parse_time(date_from)
+        window.listed = set() if cursor else None  # a first sync has nothing stored to mark
     try:
         yield from _read_windows(job, ctx, date_from, limits, known, window)
+        job.run.listed = window.listed
     except (BudgetExhausted, QueryTooBig) as error:
         _stopped(job.run, error)
         if not endpoint.ascending:
@@ -294,6 +312,7 @@ def _read_windows(
                 if page == 0 and upper is None and lower == date_from and isinstance(body.get("count"), int):
                     run.api_count = body["count"]
                 ctx.report.fetched(run, len(rows))
+                window.saw(rows)
                 if endpoint.partial_at_edge:
                     # keyset and `date_from` pages repeat rows already read (ties, sessions crossing the
                     # new `date_from` with a later start, §7.1): those are dropped
