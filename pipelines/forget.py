@@ -38,7 +38,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from sources.posthog import ENDPOINTS
 from sources.posthog.endpoints import Traces
-from sources.posthog.sync import DELETED, child_table, forget_in_state, parent_column
+from sources.posthog.sync import DELETED, child_table, forget_in_state, members_merge_key, parent_column
 
 from .output import echo, print_table
 from .parquet import Switch, _connect, _finish, _literal, _manifest, _quote, _remove, _scan, _stage, _url, compact_table
@@ -81,6 +81,11 @@ def tables() -> list[Table]:
         for name in endpoint.children:
             found.append(Table(child_table(endpoint, name), endpoint.name, ("project_id", parent, "position"),
                                parent=endpoint.name, merge_key=("project_id", parent)))
+    for endpoint in ENDPOINTS.values():  # member tables (playlist items) load with their parent's resource
+        members = endpoint.members.endpoint if endpoint.members else None
+        if members is not None and members.traces:
+            found.append(Table(members.name, endpoint.name, members.key, members.traces,
+                               merge_key=members_merge_key(endpoint), deleted=DELETED))
     return found
 
 

@@ -242,11 +242,8 @@ def test_a_table_joins_forget_by_one_traces_entry_with_its_child_tables(
         children={"tags": Child({"tag": "text"}, scalar="tag")},
         traces=Traces(distinct_ids=("distinct_id",), emails=("recording_subject_email",), sessions=("session_id",)),
     )
-    items = Endpoint(name="session_recording_playlist_items", path="recordings", paging="has_next", sync="full",
-                     primary_key=("playlist_id", "session_id"), columns={"playlist_id": "bigint", "session_id": "text"},
-                     traces=Traces(sessions=("session_id",)))
-    for endpoint in (observations, items):
-        monkeypatch.setitem(ENDPOINTS, endpoint.name, endpoint)
+    # playlist items are declared in the endpoint table (members of session_recording_playlists)
+    monkeypatch.setitem(ENDPOINTS, observations.name, observations)
     recordings = fake.truth(1, "session_recordings")
     a = recordings[0]["distinct_id"]
     mine = [r["id"] for r in recordings if r["distinct_id"] == a]

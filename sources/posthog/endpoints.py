@@ -420,6 +420,7 @@ PLAYLIST_ITEMS = Endpoint(
     buckets=ANALYTICS,  # ClickHouse only, no listing tier (§5)
     page_size=100,
     derived=("playlist_id", "playlist_short_id", "session_id"),
+    traces=Traces(sessions=("session_id",)),  # a forgotten person's recordings leave every collection
     columns={"playlist_id": "bigint", "playlist_short_id": "text", "session_id": "text"},
 )
 
