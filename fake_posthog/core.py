@@ -32,18 +32,20 @@ from .base import (
 from .faults import Faults, _error_body
 from .lists import Lists, _drf
 from .recordings import Recordings, _Stream
+from .vision import Vision
 
 _ENV_ROUTES = {"session_recordings", "desktop_recordings", "subscriptions"}
 
 
-class FakePostHog(Recordings, Lists, Faults):
+class FakePostHog(Recordings, Lists, Vision, Faults):
     """A deterministic, thread-safe PostHog API fake with a movable clock; ``serve()`` starts HTTP.
 
     Recordings behave like the newest servers by default (``keyset=True``: `next_cursor`, a tiebreaker,
     `session_ids` skipping the date window). ``keyset=False`` is an older server: offset paging only,
     no tiebreaker (equal start times, see ``tie_group``, come in a different order per query), and
     `session_ids` re-reads cut by the date window (default ``-3d``). See ``too_big`` and
-    ``delete_recording`` for ClickHouse limits and deletions. ``transport()`` answers in process.
+    ``delete_recording`` for ClickHouse limits and deletions. Replay Vision (``vision.py``): ``add_scanner``,
+    ``delete_scanner``, ``retry_observation``, ``vision_enabled``. ``transport()`` answers in process.
     """
 
     def __init__(self, *, project_ids: Sequence[int] = (1, 2), recordings: int = 120,
@@ -52,7 +54,7 @@ class FakePostHog(Recordings, Lists, Faults):
                  now: datetime | None = None, api_key: str = "phx_fake_personal_key",
                  recording_step_s: int = 600, keyset: bool = True, latency_s: float = 0.0,
                  retention_days: int = 365, tie_group: int = 1, subscription_order: str = "heap",
-                 verified_first: bool = True) -> None:
+                 verified_first: bool = True, vision_scanners: int = 4) -> None:
         self._lock = threading.RLock()
         self._now_us = _to_us(now or datetime.now(UTC).replace(microsecond=0))
         self.requests: list[FakeRequest] = []
@@ -75,6 +77,7 @@ class FakePostHog(Recordings, Lists, Faults):
                          desktop_recordings=desktop_recordings, segments=segments, subscriptions=subscriptions,
                          property_definitions=property_definitions, subscription_order=subscription_order,
                          verified_first=verified_first)
+        self._init_vision(vision_scanners)
 
     # -- clock and schema drift ------------------------------------------------------------------
 
@@ -116,6 +119,8 @@ class FakePostHog(Recordings, Lists, Faults):
                 rows = [self._desktop_row(p, k, now_us) for k in range(self._n_desktop(now_us))]
             elif resource == "subscriptions":
                 rows = [self._sub_row(r) for r in self._subs[p] if r is not None]
+            elif resource.startswith("vision_"):
+                rows = self._vision_truth(p, resource)
             else:
                 rows = [{**r, "type": t, "group_type_index": g} for (t, g), defs in self._defs[p].items()
                         for r in self._defs_out(defs + self._virtual(t))]
@@ -188,6 +193,8 @@ class FakePostHog(Recordings, Lists, Faults):
         if len(rest) == 1:
             return 200, self._project(pid), None
         resource = rest[1]
+        if resource == "vision" and parts[1] == "projects":  # projects router only (§2)
+            return self._vision(pid, rest[2:], params, url)
         if resource == "groups_types" and len(rest) == 2 and parts[1] == "projects":
             return 200, [{"group_type": _GROUP_NAMES[g], "group_type_index": g, "name_singular": None,
                           "name_plural": None} for g in range(self.group_types)], None

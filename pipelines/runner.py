@@ -34,7 +34,7 @@ from sources.posthog.client import ClientStats
 from sources.posthog.errors import AuthError, NotPostHog, PostHogError, ProjectNotFound
 from sources.posthog.report import REPORT_COLUMNS, REPORT_TABLE
 from sources.posthog.settings import Clock
-from sources.posthog.sync import DELETED, child_table, parent_column
+from sources.posthog.sync import DELETED, child_table, parent_key
 
 from .destinations import check_destination, resolve_destination
 from .hints import with_hint
@@ -242,10 +242,10 @@ def _compact(resource: str, pipeline: Any) -> None:
     with pipeline.destination_client() as client:
         fs, folder = client.fs_client, client.get_table_dir
         compact_table(fs, folder(endpoint.name), endpoint.key, deleted=DELETED if endpoint.delete_missing else None)
-        parent = parent_column(endpoint)
+        parent = tuple(parent_key(endpoint))
         for name in endpoint.children:
             compact_table(
-                fs, folder(child_table(endpoint, name)), ("project_id", parent, "position"), ("project_id", parent)
+                fs, folder(child_table(endpoint, name)), ("project_id", *parent, "position"), ("project_id", *parent)
             )
 
 
