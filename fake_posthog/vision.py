@@ -47,6 +47,7 @@ class _Scanner:
     created_us: int
     rate_permille: int
     forced: dict[int, list[int]] = field(default_factory=dict)  # recording index → retry times (µs)
+    cache: tuple[Any, list[dict[str, Any]]] | None = None  # the observations at one clock time
 
 
 class Vision(State):
@@ -177,7 +178,15 @@ class Vision(State):
     # -- observations ----------------------------------------------------------------------------
 
     def _observations(self, p: int, s: _Scanner, now_us: int) -> list[dict[str, Any]]:
-        """Every observation of scanner s that exists at now_us (unsorted)."""
+        """Every observation of scanner s that exists at now_us (unsorted; shared: do not change them)."""
+        # every page of a listing (and every scanner row's counters) asks again at the same clock
+        key = (now_us, sum(map(len, s.forced.values())))
+        if s.cache is None or s.cache[0] != key:
+            s.cache = (key, self._compute_observations(p, s, now_us))
+        extra = self._extra["vision_observations"]
+        return [r | extra for r in s.cache[1]] if extra else s.cache[1]
+
+    def _compute_observations(self, p: int, s: _Scanner, now_us: int) -> list[dict[str, Any]]:
         if not s.rate_permille:
             return []
         first = max(0, -(-(s.created_us // US - BACKFILL_S - self._rbase) // self._step))
@@ -209,7 +218,7 @@ class Vision(State):
                 break
             attempt, created = attempt + 1, at
             outcome, done = _outcome(x, attempt), _done(x, attempt, at)
-        started = created + (30 + (x >> (8 + attempt)) % 300) * US
+        started = created + _queued(x, attempt) * US
         status = "pending" if now_us < started else "running" if now_us < done else outcome
         pk = (h >> 40) % self._npersons
         person = self._persons.get((p, pk)) or self._person(p, pk)
@@ -237,14 +246,14 @@ class Vision(State):
             "completed_at": _iso_us(done) if status in FINAL else None,
             "created_at": _iso_us(created),
         }
-        return row | self._extra["vision_observations"]
+        return row
 
     @staticmethod
     def _created_us(row: dict[str, Any]) -> int:
         return _to_us(datetime.fromisoformat(row["created_at"].replace("Z", "+00:00")))
 
     def _observation_rows(self, p: int, s: _Scanner, params: dict[str, str]) -> list[dict[str, Any]] | tuple:
-        rows = self._observations(p, s, self._now_us)
+        rows = list(self._observations(p, s, self._now_us))
         for name in ("status", "session_id", "triggered_by"):
             if name in params:
                 wanted = set(params[name].split(","))
@@ -303,10 +312,16 @@ def _outcome(x: int, attempt: int) -> str:
     return "failed" if r < 2 else "ineligible" if r == 2 else "succeeded"
 
 
+def _queued(x: int, attempt: int) -> int:
+    """Seconds an attempt waits as `pending`: minutes, or hours for one in ten first attempts (a backlog)."""
+    backlog = 3600 + (x >> 4) % 10800 if attempt == 0 and (x >> 60) % 10 == 0 else 0
+    return 30 + (x >> (8 + attempt)) % 300 + backlog
+
+
 def _done(x: int, attempt: int, created_us: int) -> int:
     """When attempt `attempt` (created at created_us) reaches its final status (µs)."""
     y = _mix(x + attempt)
-    return created_us + (30 + (x >> (8 + attempt)) % 300 + 20 + y % 200) * US + y % US
+    return created_us + (_queued(x, attempt) + 20 + y % 200) * US + y % US
 
 
 def _output(row: dict[str, Any]) -> dict[str, Any]:
