@@ -23,8 +23,10 @@ COMPARED = {
     "desktop_recordings": ["id", "status", "started_at", "updated_at", "transcript_text", "summary"],
     "subscriptions": ["id", "deleted", "title", "target_type"],
     "property_definitions": ["type", "group_type_index", "id", "name"],
+    "vision_scanners": ["id", "name", "scanner_type", "observations_this_month"],
+    "vision_observations": ["scanner_id", "session_id", "id", "status", "completed_at", "created_at"],
 }
-TIMESTAMPS = {"start_time", "end_time", "created_at", "started_at", "updated_at"}
+TIMESTAMPS = {"start_time", "end_time", "created_at", "started_at", "updated_at", "completed_at"}
 
 
 def _norm(column: str, value: Any) -> Any:

@@ -97,8 +97,8 @@ def posthog_source(
     client: PostHogClient | None = None,
     report: SyncReport | None = None,
 ) -> list[DltResource]:
-    """PostHog session recordings, group summaries, desktop recordings, subscriptions and property
-    definitions of one or more projects, synced incrementally.
+    """PostHog session recordings, group summaries, desktop recordings, subscriptions, property
+    definitions and Replay Vision scanners and observations of one or more projects, synced incrementally.
 
     Every setting argument (see `PostHogSettings`) is resolved by dlt: given here, else
     `SOURCES__POSTHOG__<NAME>`, else `[sources.posthog]` in `.dlt/*.toml`, else the default.

@@ -471,6 +471,12 @@ def read_watermark(job: Job, ctx: Context) -> Iterator[Any]:
     job.state["parents"] = states
 
 
+def state_cursor(state: Mapping[str, Any]) -> str | None:
+    """A project's cursor in its resource state: its own, or the newest of its parents' (`Endpoint.parent`)."""
+    cursors = [part.get("cursor") for part in (state.get("parents") or {}).values()]
+    return state.get("cursor") or max(filter(None, cursors), default=None)
+
+
 def _watermark(job: Job, ctx: Context, path: str, state: dict[str, Any]) -> Generator[Any, None, bool]:
     """One newest-first list read back to `state`'s cursor minus the lookback, plus the re-reads of its
     rows not final at the last sync; updates `state` and returns False when the rate budget stopped it."""
