@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from fake_posthog import FakePostHog
 from fake_posthog.base import FakeRequest
+from pipelines.cli import build_parser, sync_options
 from pipelines.runner import SyncOptions
 from sources.posthog.client import PostHogClient
 from sources.posthog.endpoints import VISION_OBSERVATIONS
@@ -234,6 +235,13 @@ def test_a_key_without_the_recordings_scope_is_told_which_scope_it_lacks(
     assert run.status == "skipped" and "session_recording:read" in (run.reason or "")
     assert result.report.runs[(1, "vision_scanners")].status == "ok"
     assert query(vision, "SELECT DISTINCT project_id FROM posthog.vision_observations") == [(2,)]
+
+
+def test_the_resources_flag_takes_both_tables_and_the_default_is_every_resource() -> None:
+    parser = build_parser()
+    chosen = parser.parse_args(["sync", "--project-id", "1", "--resources", "vision_observations,vision_scanners"])
+    assert sync_options(chosen).resources == ["vision_observations", "vision_scanners"]
+    assert set(VISION) <= set(sync_options(parser.parse_args(["sync", "--project-id", "1"])).resources)
 
 
 # -- the reader alone, in process, while PostHog changes under it ------------------------------------

@@ -447,7 +447,11 @@ def read_watermark(job: Job, ctx: Context) -> Iterator[Any]:
         yield from _watermark(job, ctx, job.path, job.state)
         return
     parent = Job(endpoint.parent, job.project_id, job.run)
-    listing = _full_listing(parent, ctx, dict(endpoint.parent.params))
+    try:
+        listing = _full_listing(parent, ctx, dict(endpoint.parent.params))
+    except BudgetExhausted as error:
+        _stopped(job.run, error)  # nothing read: every parent keeps its state
+        return
     if listing.error is not None:  # a parent missed would lose its rows' updates: try again next run
         job.run.status, job.run.reason = "incomplete", listing.error
     stored: dict[str, dict[str, Any]] = job.state.get("parents", {})
