@@ -294,6 +294,8 @@ class Vision(State):
         if (p, resource) in self._disabled:
             return self._disabled[(p, resource)], None, resource
         if len(rest) == 1:
+            if params.get("order_by", "name").removeprefix("-") not in _SCANNER_ORDER:
+                return (*_invalid(f'"{params["order_by"]}" is not a valid choice.', "order_by"), resource)
             return 200, _drf(self._scanner_rows(p, params), lambda r: r, params, url), resource
         try:
             s = self._scanner(p, rest[1])

@@ -39,6 +39,8 @@ COMPARED = {  # a few columns per table whose values must equal the fake's
     "desktop_recordings": ("status", "transcript_text", "updated_at"),
     "subscriptions": ("deleted", "target_type"),
     "property_definitions": ("name", "property_type"),
+    "vision_scanners": ("name", "credits_this_month"),
+    "vision_observations": ("id", "status", "completed_at"),
 }
 _datasets = count(1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -235,6 +236,36 @@ def test_a_key_without_the_recordings_scope_is_told_which_scope_it_lacks(
     assert run.status == "skipped" and "session_recording:read" in (run.reason or "")
     assert result.report.runs[(1, "vision_scanners")].status == "ok"
     assert query(vision, "SELECT DISTINCT project_id FROM posthog.vision_observations") == [(2,)]
+
+
+def test_the_fake_pages_filters_and_orders_observations_as_posthog_does(fake: FakePostHog) -> None:
+    api = httpx.Client(base_url="http://fake.test", headers={"Authorization": f"Bearer {fake.api_key}"},
+                       transport=fake.transport())
+    scanner = fake.scanner_ids(1)[0]
+    path = f"/api/projects/1/vision/scanners/{scanner}/observations/"
+    rows, url = [], f"{path}?limit=7"
+    while url:
+        body = api.get(url).json()
+        rows += body["results"]
+        url = body["next"]
+    assert body["count"] == len(rows) == len({r["id"] for r in rows}) > 7
+    created = [parse_time(r["created_at"]) for r in rows]
+    assert created == sorted(created, reverse=True)
+    assert all(set(r) == set(VISION_OBSERVATIONS.columns) - set(VISION_OBSERVATIONS.derived) for r in rows)
+    for r in rows:  # completed_at exactly when final, a result only once succeeded
+        assert (r["completed_at"] is not None) == (r["status"] in ("succeeded", "failed", "ineligible"))
+        assert (r["scanner_result"] is not None) == (r["status"] == "succeeded")
+    some = [r["session_id"] for r in rows[:3]]
+    picked = api.get(path, params={"session_id": ",".join(some)}).json()["results"]
+    assert sorted(r["session_id"] for r in picked) == sorted(some)
+    final = api.get(path, params={"status": "succeeded,failed"}).json()
+    assert final["count"] == sum(r["status"] in ("succeeded", "failed") for r in rows)
+    scores = api.get(path, params={"order_by": "-completed_at", "limit": 500}).json()["results"]
+    done = [parse_time(r["completed_at"]) for r in scores if r["completed_at"]]
+    assert done == sorted(done, reverse=True) and all(r["completed_at"] is None for r in scores[len(done):])
+    fake.delete_scanner(1, scanner)  # cascades
+    assert api.get(path).status_code == 404
+    assert not any(o["scanner_id"] == scanner for o in fake.truth(1, "vision_observations"))
 
 
 def test_the_resources_flag_takes_both_tables_and_the_default_is_every_resource() -> None:

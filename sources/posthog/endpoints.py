@@ -90,8 +90,9 @@ class Endpoint:
     derived: tuple[str, ...] = ()
     # columns lifted out of nested objects: column -> dotted path into the row (list them in `derived`)
     lifted: Mapping[str, str] = field(default_factory=dict)
-    # lists read once per row of a parent listing, whose `id` fills the `:<name>` placeholder in `path`
-    # (observations per scanner, §7.6); the reader lists the parent itself
+    # watermark lists read once per row of a parent listing, whose `id` fills the `:<name>` placeholder
+    # in `path` (observations per scanner, §7.6); the reader lists the parent itself, and each parent
+    # keeps its own cursor
     parent: Endpoint | None = None
     # watermark: re-read the rows not final at the last sync through this csv list filter, naming the
     # row field it takes (observations' `session_id`, §7.6); None re-reads each by `<path>/<id>/`
