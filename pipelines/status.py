@@ -20,7 +20,7 @@ from typing import Any
 import dlt
 
 from sources.posthog import ENDPOINTS
-from sources.posthog.sync import state_cursor
+from sources.posthog.sync import state_cursor, state_pending
 
 from .output import echo, print_table
 from .runner import REPORT_COLUMNS, destination_for
@@ -134,9 +134,7 @@ def _read(status: Status, state: Any, data: Any) -> None:
         for project_id, project_state in (resource_state.get("projects") or {}).items():
             item = entry(project_id, resource)
             item.cursor = state_cursor(project_state)
-            # lists read per parent (observations per scanner) keep a state per parent
-            parts = [project_state, *(project_state.get("parents") or {}).values()]
-            item.pending = sum(len(part.get("pending") or ()) for part in parts)
+            item.pending = state_pending(project_state)
     for resource in ENDPOINTS:
         if resource in tables:
             counts = run("SELECT project_id, COUNT(*) FROM {} GROUP BY project_id", resource)

@@ -481,6 +481,12 @@ def state_cursor(state: Mapping[str, Any]) -> str | None:
     return state.get("cursor") or max(filter(None, cursors), default=None)
 
 
+def state_pending(state: Mapping[str, Any]) -> int:
+    """How many rows a project's resource state holds for re-reading, its parents' included."""
+    parts = [state, *(state.get("parents") or {}).values()]
+    return sum(len(part.get("pending") or ()) for part in parts)
+
+
 def _watermark(job: Job, ctx: Context, path: str, state: dict[str, Any]) -> Generator[Any, None, bool]:
     """One newest-first list read back to `state`'s cursor minus the lookback, plus the re-reads of its
     rows not final at the last sync; updates `state` and returns False when the rate budget stopped it."""
