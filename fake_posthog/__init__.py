@@ -7,8 +7,9 @@ detail rows shaped like PostHog's retrieve serializers and the real error bodies
 demand from their index, so a million recordings cost no memory up front.
 
 Parts: `recordings` (the recordings list and its window arithmetic), `lists` (the DRF lists), `faults`
-(injected failures, throttles, ClickHouse limits), `server` (HTTP and an in-process transport), `core`
-(`FakePostHog`: construction, clock, routing). `python -m fake_posthog` serves one until killed.
+(injected failures, throttles, ClickHouse limits), `versions` (the fields each PostHog version sends, and
+the endpoints newer ones removed), `server` (HTTP and an in-process transport), `core` (`FakePostHog`:
+construction, clock, routing). `python -m fake_posthog` serves one until killed.
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--tie-group", type=int, default=1, help="recordings sharing one start time")
     ap.add_argument("--subscription-order", choices=("heap", "ordering", "shuffle"), default="heap",
                     help="heap: older servers (no ORDER BY); ordering: newer servers honour ?ordering=")
+    ap.add_argument("--version", action="append", default=[], metavar="RESOURCE=VERSION",
+                    help="the row shape of a PostHog version, e.g. subscriptions=mid_2026 (see versions.VARIANTS)")
+    ap.add_argument("--removed", action="append", default=[], metavar="RESOURCE",
+                    help="an endpoint this server no longer has: session_group_summaries, desktop_recordings")
+    ap.add_argument("--foss", action="store_true", help="a build without ee/: removed summaries answer 501")
     a = ap.parse_args(argv)
     fake = FakePostHog(
         project_ids=[int(x) for x in a.projects.split(",") if x.strip()], recordings=a.recordings,
@@ -34,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         subscriptions=a.subscriptions, property_definitions=a.property_definitions, group_types=a.group_types,
         seed=a.seed, api_key=a.api_key, recording_step_s=a.recording_step_s, keyset=a.keyset, tie_group=a.tie_group,
         latency_s=a.latency_ms / 1000, retention_days=a.retention_days, subscription_order=a.subscription_order,
+        versions=dict(v.split("=", 1) for v in a.version), removed=a.removed, foss=a.foss,
     )
     with fake.serve(port=a.port) as url:
         print(f"READY {url}", flush=True)

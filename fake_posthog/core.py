@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -32,20 +32,25 @@ from .base import (
 from .faults import Faults, _error_body
 from .lists import Lists, _drf
 from .recordings import Recordings, _Stream
+from .versions import Versions
 from .vision import Vision
 
 _ENV_ROUTES = {"session_recordings", "desktop_recordings", "subscriptions"}
 
 
-class FakePostHog(Recordings, Lists, Vision, Faults):
+class FakePostHog(Recordings, Lists, Vision, Faults, Versions):
     """A deterministic, thread-safe PostHog API fake with a movable clock; ``serve()`` starts HTTP.
 
     Recordings behave like the newest servers by default (``keyset=True``: `next_cursor`, a tiebreaker,
     `session_ids` skipping the date window). ``keyset=False`` is an older server: offset paging only,
     no tiebreaker (equal start times, see ``tie_group``, come in a different order per query), and
     `session_ids` re-reads cut by the date window (default ``-3d``). See ``too_big`` and
-    ``delete_recording`` for ClickHouse limits and deletions. Replay Vision (``vision.py``): ``add_scanner``,
-    ``delete_scanner``, ``retry_observation``, ``vision_enabled``. ``transport()`` answers in process.
+    ``delete_recording`` for ClickHouse limits and deletions. ``transport()`` answers in process.
+    ``versions`` picks per resource the row shape of a PostHog version (`versions.VARIANTS`, default the
+    newest); ``removed`` names endpoints the server no longer has (404; with ``foss`` the summaries
+    answer 501 as a build without ee/ does).
+    Replay Vision (``vision.py``): ``add_scanner``, ``delete_scanner``, ``retry_observation``,
+    ``vision_enabled``.
     """
 
     def __init__(self, *, project_ids: Sequence[int] = (1, 2), recordings: int = 120,
@@ -54,7 +59,8 @@ class FakePostHog(Recordings, Lists, Vision, Faults):
                  now: datetime | None = None, api_key: str = "phx_fake_personal_key",
                  recording_step_s: int = 600, keyset: bool = True, latency_s: float = 0.0,
                  retention_days: int = 365, tie_group: int = 1, subscription_order: str = "heap",
-                 verified_first: bool = True, vision_scanners: int = 4) -> None:
+                 verified_first: bool = True, versions: Mapping[str, str] | None = None,
+                 removed: Sequence[str] = (), foss: bool = False, vision_scanners: int = 4) -> None:
         self._lock = threading.RLock()
         self._now_us = _to_us(now or datetime.now(UTC).replace(microsecond=0))
         self.requests: list[FakeRequest] = []
@@ -70,6 +76,7 @@ class FakePostHog(Recordings, Lists, Vision, Faults):
                         "role_at_organization": "engineering"}
                        for k, n in enumerate(_PEOPLE[:5])]
         self._init_faults()
+        self._init_versions(versions, removed, foss)
         # every kind of object has a creation schedule base + k*step (+ jitter < step) that keeps
         # producing new objects as the clock advances; `count` of them exist at construction time
         self._init_recordings(recordings, recording_step_s, tie_group, keyset, retention_days)
@@ -201,6 +208,8 @@ class FakePostHog(Recordings, Lists, Vision, Faults):
         if resource not in RESOURCES or len(rest) > 3 or (
                 parts[1] == "environments" and resource not in _ENV_ROUTES):
             return 404, not_found, None
+        if (gone := self._gone(resource)) is not None:
+            return *gone, resource
         if (pid, resource) in self._disabled:
             return self._disabled[(pid, resource)], None, resource
         if len(rest) == 3:
@@ -224,12 +233,12 @@ class FakePostHog(Recordings, Lists, Vision, Faults):
         now_us = self._now_us
         if resource == "session_recordings":
             i = self._rec_index(p, oid, now_us)
-            return None if i is None else self._rec_rows(p, ((i, None),), now_us)[0]
+            return None if i is None else self._rec_rows(p, ((i, None),), now_us, detail=True)[0]
         if resource == "subscriptions":
             return next((self._sub_row(r) for r in self._subs[p] if r is not None and str(r["id"]) == oid), None)
         if resource == "property_definitions":
-            return next((r | self._extra[resource] for rows in self._defs[p].values() for r in rows
-                         if r["id"] == oid), None)
+            return next((self._shaped(resource, r) | self._extra[resource] for rows in self._defs[p].values()
+                         for r in rows if r["id"] == oid), None)
         m = _OID.fullmatch(oid)
         idx = int(m[1], 16) if m else -1
         if resource == "session_group_summaries" and 0 <= idx < self._n_summaries(now_us):

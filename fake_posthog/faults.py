@@ -82,6 +82,7 @@ class Faults(State):
     """How `FakePostHog` fails: what answers a request instead of the API, and with which body."""
 
     _rbase: int  # the first recording's start (Recordings)
+    _payment_gate: Callable[[str, int], None]  # Versions: refuses a 402 the chosen version never sends
 
     def _init_faults(self) -> None:
         self._injections: list[_Injection] = []
@@ -98,7 +99,8 @@ class Faults(State):
     def disable(self, project_id: int, resource: str, status: int) -> None:
         """Make that resource (list and detail) answer ``status`` (402, 403, 404, ...) for that project."""
         with self._lock:
-            self._disabled[(project_id, _check(resource))] = status
+            self._payment_gate(_check(resource), status)
+            self._disabled[(project_id, resource)] = status
 
     def inject(self, path_contains: str, status: int, *, times: int = 1, body: bytes | None = None,
                wait_s: int = 1) -> None:

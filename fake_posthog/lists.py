@@ -79,6 +79,7 @@ class Lists(State):
     _step: int
     _rec_id: Callable[[int, int], str]
     _definitions_timeout: Callable[[str, int], tuple[int, Any] | None]
+    _shaped: Callable[..., dict[str, Any]]  # Versions: a row as the chosen PostHog version sends it
 
     def _init_lists(self, span: int, *, summaries: int, desktop_recordings: int, segments: int, subscriptions: int,
                     property_definitions: int, subscription_order: str, verified_first: bool) -> None:
@@ -102,7 +103,8 @@ class Lists(State):
         self._next_sub_id = 1
         # one project's subscriptions in physical (heap) order; None is a slot freed by an update or delete
         self._subs: dict[int, list[dict[str, Any] | None]] = {p: [] for p in self.project_ids}
-        sub_step = max(60, span // max(1, subscriptions))
+        # made over two months at least, so some schedules have run out (`count`, `until_date`)
+        sub_step = max(60, max(span, 60 * 86400) // max(1, subscriptions))
         for p in self.project_ids:
             for j in range(subscriptions):
                 created = (t0 - (subscriptions - j) * sub_step) * US + _hh(seed, 12, p, j) % US
@@ -126,8 +128,9 @@ class Lists(State):
         with self._lock:
             row = self._sub(project_id, subscription_id)
             period = {"daily": 1, "weekly": 7, "monthly": 30}[row["frequency"]] * 86400
+            due = row["next_delivery_date"]  # null once the schedule has no delivery left
             self._update_sub(project_id, subscription_id,
-                             next_delivery_date=_iso(parse_iso_s(row["next_delivery_date"]) + period))
+                             next_delivery_date=due and _iso(parse_iso_s(due) + period))
 
     def delete_subscription(self, project_id: int, subscription_id: int) -> None:
         """Hard-delete a subscription (the API answers 405, but deleting its insight cascades)."""
@@ -213,7 +216,7 @@ class Lists(State):
                 "run_metadata": {"model_used": "o3", "visual_confirmation": bool(h & 32)} if h & 64 else None,
                 "team": p,
             }
-        return row | self._extra["session_group_summaries"]
+        return self._shaped("session_group_summaries", row, detail) | self._extra["session_group_summaries"]
 
     def _summaries(self, p: int, params: dict[str, str]) -> tuple[Any, Any]:
         bounds = []
@@ -228,7 +231,7 @@ class Lists(State):
         by, search = params.get("created_by"), params.get("search", "").lower()
         if by or search:
             keys = [j for j in keys for r in (self._summary_row(p, j, False),)
-                    if by in (None, r["created_by"]["uuid"]) and search in r["title"].lower()]
+                    if by in (None, r["created_by"]["uuid"]) and search in r.get("title", r.get("name", "")).lower()]
         return keys, lambda j: self._summary_row(p, j, False)
     # -- desktop recordings ----------------------------------------------------------------------
 
@@ -305,22 +308,46 @@ class Lists(State):
     def _new_sub(self, p: int, created_us: int, deleted: bool) -> dict[str, Any]:
         sid, self._next_sub_id = self._next_sub_id, self._next_sub_id + 1
         h = _hh(self.seed, 8, p, sid)
-        freq, insight = ("daily", "weekly", "monthly")[h % 3], bool(h & 8)
+        freq = ("daily", "weekly", "monthly")[h % 3]
+        kind = ("ai_prompt", "insight", "dashboard", "insight", "dashboard")[(h >> 24) % 5]
         target = ("email", "slack", "webhook")[(h >> 4) % 3]
         start_s, period = created_us // US, {"daily": 1, "weekly": 7, "monthly": 30}[freq] * 86400
+        now_s, interval = self._now_us // US, 1 + (h >> 8) % 2
+        # a few have an end: `until_date` (some already past) or a `count` of deliveries (some all sent)
+        ending = (h >> 28) % 6
+        until = start_s + period * interval * 2 if ending == 1 else now_s + 90 * 86400 if ending == 2 else None
+        count = 2 if ending == 3 else 50 if ending == 4 else None
+        last = min(x for x in (until, None if count is None else start_s + period * interval * (count - 1),
+                               now_s + 400 * 86400) if x is not None)
+        step = period * interval
+        after = start_s + step * (1 + max(0, now_s - start_s) // step)
+        dashboard, insight = (100 + h % 50, None) if kind == "dashboard" else (None, 500 + h % 400) \
+            if kind == "insight" else (None, None)  # AI-prompt rows have neither (§7.4)
+        title = ("Weekly KPIs", "Revenue", "Signups", "Errors")[(h >> 16) % 4]
         row = {
-            "id": sid, "dashboard": None if insight else 100 + h % 50,
-            "insight": 500 + h % 400 if insight else None,
+            "id": sid, "resource_type": kind, "dashboard": dashboard, "insight": insight,
+            "insight_short_id": f"ins{h % 99991:05d}" if insight else None,
+            "resource_name": None if kind == "ai_prompt" else f"{title} {kind}",
+            "dashboard_export_insights": [600 + (h >> k) % 300 for k in (3, 9)] if dashboard else [],
+            "prompt": f"Summarise yesterday's {title.lower()} and flag anything unusual." if kind == "ai_prompt"
+            else None,
             "target_type": target, "target_value": {"email": "team@example.com", "slack": "#alerts",
                                                     "webhook": "https://hooks.example.com/x"}[target],
-            "frequency": freq, "interval": 1 + (h >> 8) % 2,
+            "frequency": freq, "interval": interval,
             "byweekday": ["monday"] if freq == "weekly" else None,
-            "bysetpos": None, "count": None, "start_date": _iso(start_s), "until_date": None,
+            "bysetpos": None, "count": count, "start_date": _iso(start_s),
+            "until_date": None if until is None else _iso(until),
             "created_at": _iso_us(created_us), "created_by": self._users[(h >> 12) % 5], "deleted": deleted,
-            "title": f"{('Weekly KPIs', 'Revenue', 'Signups', 'Errors')[(h >> 16) % 4]} report",
+            # PostHog turns broken deliveries off itself (a disconnected Slack, §7.4)
+            "enabled": (h >> 32) % 4 != 0,
+            "title": f"{title} report",
             "summary": f"sent every {('day', 'week', 'month')[h % 3]}",
-            "next_delivery_date": _iso(start_s + period * (1 + (self._now_us // US - start_s) // period)),
-            "invite_message": None, "_created_us": created_us,
+            # the schedule's next delivery, null once none is left (count or until_date reached)
+            "next_delivery_date": _iso(after) if after <= last else None,
+            "integration_id": 40 + h % 7 if target == "slack" else None,
+            "invite_message": None, "summary_enabled": kind != "ai_prompt" and bool(h & 64),
+            "summary_prompt_guide": "Focus on week-over-week changes." if h & 128 else "",
+            "_created_us": created_us,
         }
         self._place(p, row)
         return row
@@ -348,7 +375,8 @@ class Lists(State):
         raise KeyError(sid)
 
     def _sub_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in row.items() if k != "_created_us"} | self._extra["subscriptions"]
+        shaped = self._shaped("subscriptions", {k: v for k, v in row.items() if k != "_created_us"})
+        return shaped | self._extra["subscriptions"]
 
     def _subscriptions(self, p: int, params: dict[str, str]) -> tuple[Any, Any]:
         # soft-deleted rows are hidden unless a `deleted` param is sent; deleted=true lists only them
@@ -407,6 +435,7 @@ class Lists(State):
 
     def _defs_out(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         extra = self._extra["property_definitions"]
+        rows = [self._shaped("property_definitions", r) for r in rows]
         return [r | extra for r in rows] if extra else rows
 
     def _property_definitions(self, p: int, params: dict[str, str], url: Callable) -> tuple[int, Any]:
@@ -420,7 +449,8 @@ class Lists(State):
                             "group_type_index")
         gti = None if raw is None else int(raw)
         real = self._defs[p].get((type_, gti), [])
-        if self.verified_first:  # verified DESC NULLS LAST, name ASC
+        if self.verified_first and self.versions["property_definitions"] == "enterprise":
+            # verified DESC NULLS LAST, name ASC (plain orgs have no `verified`)
             real = sorted(real, key=lambda r: (r.get("verified") is not True, r.get("verified") is None))
         virt = self._virtual(type_) if (type_, gti) in self._defs[p] else []
         limit, offset = _pos_int(params.get("limit"), 100, strict=True), _pos_int(params.get("offset"), 0)

@@ -84,6 +84,8 @@ class Recordings(State):
 
     # from Faults: ClickHouse refuses queries that are too big
     _query_too_big: Callable[[int, int | None, int | None, bool], tuple[int, Any] | None]
+    _shaped: Callable[..., dict[str, Any]]  # Versions: a row as the chosen PostHog version sends it
+    versions: dict[str, str]
 
     def _init_recordings(self, recordings: int, step_s: int, tie_group: int, keyset: bool,
                          retention_days: int) -> None:
@@ -180,14 +182,17 @@ class Recordings(State):
         return self._rs(i) if kept is None else kept
 
     def _rec_rows(self, p: int, items: Iterable[tuple[int, int | None]], now_us: int,
-                  cut_us: int | None = None) -> list[dict[str, Any]]:
+                  cut_us: int | None = None, detail: bool = False) -> list[dict[str, Any]]:
         """Rows for (index, kept start | None) pairs; a kept start makes a partial lower-edge row, and
-        parts starting after `cut_us` (a `date_to`) are left out: a partial upper-edge row."""
+        parts starting after `cut_us` (a `date_to`) are left out: a partial upper-edge row. List rows
+        load no recording metadata (§7.1): their `snapshot_source` is "web" and `snapshot_library`
+        null, whatever the recording is; only `detail` rows have the real values."""
         # hot path (100k+ rows/s): locals hoisted, integer rates, table-based ISO formatting
         base, step, tie, salt, (rid, rid_tail) = self._rbase, self._step, self._tie, self._salt[p], self._rid[p]
         npersons, persons, viewers = self._npersons, self._persons, self._viewers
         retention_s = self._retention_s
         extra, now_s, out = self._extra["session_recordings"], now_us // US, []
+        older = self.versions["session_recordings"] == "older"
         cut_s = None if cut_us is None else cut_us // US
         for i, kept in items:
             s = base + (i - i % tie) * step
@@ -228,13 +233,16 @@ class Recordings(State):
                 "console_error_count": errors, "start_url": _URLS[(h >> 33) % 6], "person": person,
                 "retention_period_days": self.retention_days, "expiry_time": expiry_iso,
                 "recording_ttl": max(0, (expiry - now_s) // 86400),
-                "snapshot_source": "mobile" if mobile else "web",
-                "snapshot_library": ("posthog-ios" if h & 1 else "posthog-android") if mobile else "web",
+                "snapshot_source": "mobile" if mobile and detail else "web",
+                "snapshot_library": (("posthog-ios" if h & 1 else "posthog-android") if mobile else "web")
+                if detail else None,
                 "ongoing": end > now_s - 300,
                 "activity_score": min(10000, (20 * clicks + 10 * keys + mouse) * 100 // (d or 1)) / 100,
                 "has_summary": summary, "summary_outcome": _OUTCOMES[g & 1] if summary else None,
                 "external_references": _NONE, "matches_filters": True,
             }
+            if older:
+                row = self._shaped("session_recordings", row)
             if extra:
                 row.update(extra)
             out.append(row)
@@ -250,6 +258,16 @@ class Recordings(State):
             "last_seen_at": _iso(self._rbase),
         }
         return person
+
+    def set_person_property(self, project_id: int, distinct_id: str, name: str, value: Any) -> None:
+        """A person's property changes (PostHog's `$set`), e.g. its email: every recording of theirs shows it."""
+        with self._lock:
+            self.truth(project_id, "session_recordings")  # persons are made with their first recording
+            found = [p for (q, _), p in self._persons.items() if q == project_id and distinct_id in p["distinct_ids"]]
+            if not found:
+                raise KeyError(f"no person with distinct id {distinct_id!r} in project {project_id}")
+            for person in found:
+                person["properties"][name] = value
 
     def _rec_id_index(self, p: int, rid: object) -> int | None:
         """The index encoded in a recording id of project p, if the id is one of its recordings."""
@@ -286,9 +304,17 @@ class Recordings(State):
             self._deleted.setdefault(project_id, set()).add(i)
             self._del_version += 1
 
+    def restore_recording(self, project_id: int, recording_id: str) -> None:
+        """Undo `delete_recording`: a recording missing from one listing (a lagging replica) lists again."""
+        with self._lock:
+            i = self._rec_id_index(project_id, recording_id)
+            self._deleted.get(project_id, set()).discard(-1 if i is None else i)
+            self._del_version += 1
+
     def _by_ids(self, p: int, ids: list[str], dates: list[int | None],
                 now_us: int) -> tuple[list[tuple[int, int | None]], set[int]]:
-        """Items asked for by `session_ids`, and which of them come from Postgres (persisted)."""
+        """Items asked for by `session_ids`, and which of them come from Postgres (persisted): those come back
+        even when deleted or expired, with the fields only ClickHouse computes null (§7.1)."""
         items: list[tuple[int, int | None]] = []
         persisted: set[int] = set()
         a, b, parts, dels = self._rec_window(p, *dates, now_us) if not self.keyset else (0, 0, [], [])
@@ -362,7 +388,7 @@ class Recordings(State):
                 rows = self._rec_rows(p, items, now_us, cut)
             for (i, _), r in zip(items, rows, strict=True):
                 if i in persisted:  # straight from Postgres: fields only the ClickHouse query computes are null
-                    r.update(ongoing=None, activity_score=None, expiry_time=None, recording_ttl=None)
+                    r.update({k: None for k in ("ongoing", "activity_score", "expiry_time", "recording_ttl") if k in r})
             keyed = sorted(((self._rstart(i, kept) if order == "start_time" else r[field] or 0, i), r)
                            for (i, kept), r in zip(items, rows, strict=True))
             total, keys = len(keyed), [k for k, _ in keyed]

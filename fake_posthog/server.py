@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +39,15 @@ def transport(fake: FakePostHog) -> httpx.MockTransport:
         status, body, ctype, headers = fake._respond(request.method, request.url.raw_path.decode(),
                                                      request.headers.get("Authorization"), host)
         # bytes get a Content-Length, a streamed page (an iterator) is sent chunked: as over HTTP
-        return httpx.Response(status, headers={"Content-Type": ctype, **headers}, content=body)
+        headers = {"Content-Type": ctype, "Date": _date(fake), **headers}
+        return httpx.Response(status, headers=headers, content=body)
 
     return httpx.MockTransport(answer)
+
+
+def _date(fake: FakePostHog) -> str:
+    """The `Date` header from the fake's clock, as a real server sends its own."""
+    return formatdate(fake.now.timestamp(), usegmt=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -69,6 +76,9 @@ class _Handler(BaseHTTPRequestHandler):
         for chunk in body:
             self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
         self.wfile.write(b"0\r\n\r\n")
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        return _date(self.server.fake)  # type: ignore[attr-defined]
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--output", help=f"DuckDB file or Parquet folder (default {DEFAULT_OUTPUT})")
     sync.add_argument("--dataset", default="posthog", help="dataset (schema) name (default posthog)")
     sync.add_argument("--full-refresh", action="store_true", help="rebuild the selected tables from scratch")
+    sync.add_argument("--verify-deletions", action="store_true",
+                      help="also check stored recordings older than the re-read window for deletion in PostHog "
+                      "(by session_ids, 100 per request, within the rate budget; resumes where the last run stopped)")
     sync.add_argument("--lookback-days", type=_positive, help="re-read window before the cursor (default 1)")
     sync.add_argument("--schema-contract", choices=["freeze", "evolve"],
                       help="freeze: new PostHog fields are reported, not loaded (default); evolve: add them")
@@ -100,6 +103,27 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--pipeline-name", default="posthog", help="dlt pipeline name (default posthog)")
     status.add_argument("--json", action="store_true", help="print one JSON document (keys in README.md)")
     status.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
+    forget = commands.add_parser(
+        "forget", help="erase a person's rows from the destination (after PostHog erased them)",
+        description="Erase a person's rows from the destination `sync` wrote to, after PostHog carried out the "
+        "GDPR request: their recordings (by distinct id, or the person object's distinct ids or uuid), every row "
+        "naming one of those sessions or the person, and their email from other recordings' viewers lists. "
+        "Prints the rows removed and changed per table; --dry-run only counts them. A later sync brings rows "
+        "back only if PostHog still has them.",
+    )
+    forget.add_argument("--distinct-id", action="append", dest="distinct_ids", default=[], metavar="ID",
+                        help="a distinct id of the person, repeatable")
+    forget.add_argument("--person-uuid", action="append", dest="person_uuids", default=[], metavar="UUID",
+                        help="the PostHog person's uuid (`person.uuid` in recordings), repeatable")
+    forget.add_argument("--project-id", action="append", dest="project_ids", type=int, metavar="ID",
+                        help="only in this project, repeatable (default: every project in the dataset)")
+    forget.add_argument("--dry-run", action="store_true", help="count what would be removed; change nothing")
+    forget.add_argument("--destination", default="duckdb",
+                        help="the destination `sync` wrote to: duckdb (default), parquet, or a dlt destination name")
+    forget.add_argument("--output", help=f"DuckDB file or Parquet folder (default {DEFAULT_OUTPUT})")
+    forget.add_argument("--dataset", default="posthog", help="dataset (schema) name (default posthog)")
+    forget.add_argument("--pipeline-name", default="posthog", help="dlt pipeline name (default posthog)")
+    forget.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
     return parser
 
 
@@ -131,6 +155,7 @@ def sync_options(args: argparse.Namespace) -> SyncOptions:
         output=output,
         dataset=args.dataset,
         full_refresh=args.full_refresh,
+        verify_deletions=args.verify_deletions,
         lookback_days=args.lookback_days,
         evolve={"evolve": True, "freeze": False}.get(args.schema_contract),
         pipeline_name=args.pipeline_name,
@@ -196,7 +221,30 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"sync": _sync, "demo": _demo, "sql": _sql, "status": _status}
+def _forget(args: argparse.Namespace) -> int:
+    from .forget import forget, print_forget
+    from .query import one_line
+
+    output = args.output or default_output(args.destination)
+    try:
+        result = forget(args.distinct_ids, args.person_uuids, destination=args.destination, output=output,
+                        dataset=args.dataset, pipeline_name=args.pipeline_name, projects=args.project_ids,
+                        dry_run=args.dry_run)
+    except (FileNotFoundError, LookupError) as error:
+        raise UsageError(str(error).strip("'\"")) from error
+    except (UsageError, AlreadyRunning):
+        raise
+    except Exception as error:  # noqa: BLE001 - the destination: unreachable, locked, no credentials
+        if args.verbose:
+            raise
+        where = output if args.destination in ("duckdb", "parquet", "filesystem") else args.destination
+        echo(f"error: cannot forget in {where}: {one_line(error)} (rerun with --verbose for details)", err=True)
+        return EXIT_FAILED
+    print_forget(result)
+    return EXIT_OK
+
+
+COMMANDS = {"sync": _sync, "demo": _demo, "sql": _sql, "status": _status, "forget": _forget}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -225,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         resource = error.resource if isinstance(error, Interrupted) else None
         echo(f"interrupted by {signal.Signals(signum).name}: "
              + (f"{resource} was not committed, " if resource else "")
-             + "resources that finished are committed; rerun to continue", err=True)
+             + ("resources that finished are committed; " if args.command == "sync" else "")
+             + "rerun to continue", err=True)
         return EXIT_SIGNALLED.get(signum, EXIT_FAILED)
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into one line
         if args.verbose:

@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -43,6 +44,15 @@ _COMPACTED = ".compacted"
 FILE_ROWS = 50_000
 _FILE_STEP = 1 << 40  # positions: file index * _FILE_STEP + row number in the file
 MEMORY = "128MB"
+
+
+@dataclass(frozen=True)
+class Switch:
+    """New files staged in place of others: the manifest naming both, the files replaced, the new ones."""
+
+    manifest: str
+    replaced: list[str]
+    outputs: list[str]
 
 
 def _quote(name: str) -> str:
@@ -259,6 +269,11 @@ def _part_number(path: Path) -> tuple[int, str]:
 
 def _switch(fs: AbstractFileSystem, folder: str, parts: Sequence[Path], replaced: Sequence[str]) -> None:
     """Put the new files in place of the replaced ones: stage, manifest, rename, delete (see the module doc)."""
+    _finish(fs, _manifest(fs, _stage(fs, folder, parts, replaced)))
+
+
+def _stage(fs: AbstractFileSystem, folder: str, parts: Sequence[Path], replaced: Sequence[str]) -> Switch:
+    """Stage the new files beside the replaced ones as `.tmp`: nothing visible changes yet."""
     newest = max((_load_id(p) or "0" for p in replaced), key=float)
     batch = uuid.uuid4().hex[:8]
     outputs = [f"{folder}/{newest}{_COMPACTED}{batch}.{i:04d}.parquet" for i in range(len(parts))]
@@ -267,11 +282,20 @@ def _switch(fs: AbstractFileSystem, folder: str, parts: Sequence[Path], replaced
             Path(part).rename(f"{path}.tmp")
         else:
             fs.put_file(str(part), f"{path}.tmp")
-    manifest = f"{folder}/{newest}{_COMPACTED}{batch}.manifest.json"
-    plan = {"inputs": [_name(p) for p in replaced], "outputs": [_name(p) for p in outputs]}
-    with fs.open(manifest, "wb") as handle:
+    return Switch(f"{folder}/{newest}{_COMPACTED}{batch}.manifest.json", list(replaced), outputs)
+
+
+def _manifest(fs: AbstractFileSystem, switch: Switch) -> Switch:
+    """Write the manifest: from here on a crash is completed by the next `_recover`, not undone."""
+    plan = {"inputs": [_name(p) for p in switch.replaced], "outputs": [_name(p) for p in switch.outputs]}
+    with fs.open(switch.manifest, "wb") as handle:
         handle.write(json.dumps(plan).encode())
-    for path in outputs:
+    return switch
+
+
+def _finish(fs: AbstractFileSystem, switch: Switch) -> None:
+    """Rename the staged files into place, delete the replaced ones, then the manifest."""
+    for path in switch.outputs:
         fs.mv(f"{path}.tmp", path)
-    _remove(fs, replaced)
-    fs.rm(manifest)
+    _remove(fs, switch.replaced)
+    fs.rm(switch.manifest)

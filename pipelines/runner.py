@@ -34,8 +34,9 @@ from sources.posthog.client import ClientStats
 from sources.posthog.errors import AuthError, NotPostHog, PostHogError, ProjectNotFound
 from sources.posthog.report import REPORT_COLUMNS, REPORT_TABLE
 from sources.posthog.settings import Clock
-from sources.posthog.sync import DELETED, child_table, parent_key
+from sources.posthog.sync import DELETED, StoredTable, child_table, parent_key
 
+from .deletions import mark_deletions, marks_name
 from .destinations import check_destination, resolve_destination
 from .hints import with_hint
 from .output import echo, print_table
@@ -130,6 +131,8 @@ class SyncOptions:
     pipelines_dir: str | None = None
     strict: bool = False
     quiet: bool = False
+    # also check stored recordings older than the re-read window for deletion (pipelines/deletions.py)
+    verify_deletions: bool = False
     # settings (None: from config)
     lookback_days: float | None = None
     evolve: bool | None = None
@@ -172,7 +175,10 @@ class SyncResult:
         return not self.failures
 
     def warnings(self) -> list[str]:
-        """Skipped or unfinished resources and counts that disagree with PostHog's (fail `--strict`)."""
+        """Skipped or unfinished resources and counts that disagree with PostHog's (fail `--strict`).
+
+        An endpoint PostHog removed (status `removed`) is none of these: there is nothing to fix.
+        """
         found = []
         for run in self.report.runs.values():
             where = f"{run.resource} project {run.project_id}"
@@ -318,21 +324,24 @@ def run_sync(
         )
         with SyncProgress(client.stats, default_mode(options.quiet, console), console=console) as progress:
             session_of(source).report.on_page = progress.page
-            result = run(pipeline, source, full_refresh=options.full_refresh, interruption=interruption)
+            result = run(pipeline, source, full_refresh=options.full_refresh, interruption=interruption,
+                         verify_deletions=options.verify_deletions)
     print_summary(result, options)
     return result
 
 
 def run(
     pipeline: Any, source: Any, *, full_refresh: bool = False, loader_file_format: str | None = None,
-    interruption: Interruption | None = None,
+    interruption: Interruption | None = None, verify_deletions: bool = False,
 ) -> SyncResult:
     """Load a `posthog_source()` into `pipeline` as the CLI does, and return what happened.
 
     Each selected resource is its own dlt load, so one that fails leaves nothing half-loaded and its state
     unchanged while the others still load; every resource starts reading at once, from its last committed
     state. After each load the Parquet files of a filesystem destination are compacted; at the end the
-    BI views are (re)created and the counters of failed resources appended to `_sync_report`. A rejected
+    BI views are (re)created and the counters of failed resources appended to `_sync_report`. After the
+    recordings load, stored recordings PostHog deleted are marked (`deleted_at`); `verify_deletions` also
+    checks those older than the re-read window (pipelines/deletions.py). A rejected
     key or an unknown project stops the run at once (raised). `loader_file_format` defaults to Parquet on
     DuckDB and filesystem destinations.
     """
@@ -356,7 +365,9 @@ def run(
                 drop_views(pipeline)
             except Exception as error:  # noqa: BLE001 - the loads below report destination problems
                 logger.warning("views not dropped before the full refresh: %s", error)
-        session.read_ahead({} if full_refresh else committed_states(pipeline), selected)
+        states = committed_states(pipeline)  # also restores the destination's schema
+        session.know_stored(stored_tables(pipeline, selected))
+        session.read_ahead({} if full_refresh else states, selected)
         for resource in selected:
             interruption.raise_if_signalled()
             one = source.with_resources(resource)  # a clone that extracts this resource only
@@ -365,6 +376,8 @@ def run(
                     _compact(resource, pipeline)
                 else:
                     _drop_rows_of_an_older_key(resource, pipeline)
+                if ENDPOINTS[resource].deleted_mark:
+                    _mark_deletions(pipeline, session, resource, file_format, full_refresh, verify_deletions, failures)
         interruption.raise_if_signalled()
         create_views(pipeline)  # BI views (pipelines/views.py); none on Parquet/filesystem
         _load_report(pipeline, session.report, file_format)
@@ -389,16 +402,42 @@ def committed_states(pipeline: Any) -> dict[str, dict[str, Any]]:
     return {name: dict(value.get("projects", {})) for name, value in resources.items()}
 
 
+def stored_tables(pipeline: Any, resources: list[str]) -> dict[str, StoredTable]:
+    """Per resource, its table's column types in the destination's schema, and for endpoints PostHog removed
+    (`Endpoint.removed`) the rows each project holds, which a run reading nothing reports as kept."""
+    schema = pipeline.default_schema if pipeline.default_schema_name else None
+    found: dict[str, StoredTable] = {}
+    for resource in resources:
+        table = schema.tables.get(resource) if schema is not None else None
+        if not table or not table.get("columns"):
+            continue
+        types = {name: column.get("data_type", "") for name, column in table["columns"].items()}
+        rows: dict[int, int] | None = {}
+        if ENDPOINTS[resource].removed:
+            try:
+                with pipeline.sql_client() as sql:
+                    counted = sql.execute_sql(
+                        f"SELECT project_id, COUNT(*) FROM {sql.make_qualified_table_name(resource)} GROUP BY 1")
+                rows = {int(p): int(n) for p, n in counted or ()}
+            except Exception as error:  # noqa: BLE001 - a count only words a message; the sync goes on
+                logger.debug("rows of %s not counted: %s", resource, error)
+                rows = None
+        found[resource] = StoredTable(types, rows)
+    return found
+
+
 def _load_one(
     pipeline: Any, source: Any, resource: str, session: Session, file_format: str | None, full_refresh: bool,
     failures: dict[str, str],
 ) -> bool:
     """Load one resource; False (and the reason in `failures`) when it failed."""
+    # the tables of endpoints PostHog removed hold the only copy of their rows: re-read, never dropped
+    refresh = "drop_resources" if full_refresh and not ENDPOINTS[resource].removed else None
     try:
         pipeline.run(
             source,
             loader_file_format=file_format,  # type: ignore[arg-type]
-            refresh="drop_resources" if full_refresh else None,
+            refresh=refresh,  # type: ignore[arg-type]
         )
     except PipelineStepFailed as error:
         if interrupt := _interrupted(error, resource):
@@ -410,6 +449,32 @@ def _load_one(
         session.report.failed(resource, failures[resource], session.project_ids())
         return False
     return True
+
+
+def _mark_deletions(
+    pipeline: Any, session: Session, resource: str, file_format: str | None, full_refresh: bool, verify: bool,
+    failures: dict[str, str],
+) -> None:
+    """Mark the resource's rows PostHog deleted; a failure is reported and leaves the marks of earlier runs."""
+    endpoint = ENDPOINTS[resource]
+    try:
+        loaded = mark_deletions(pipeline, session, endpoint, verify=verify, file_format=file_format,
+                                restart=full_refresh)
+    except PipelineStepFailed as error:
+        if interrupt := _interrupted(error, resource):
+            raise interrupt from None
+        message = str(_cause(error)).splitlines()[0]
+    except Exception as error:  # noqa: BLE001 - the recordings are loaded; the marks wait for the next run
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    else:
+        if loaded and destination_kind(pipeline) == "filesystem":
+            _compact(resource, pipeline)
+        return
+    name = marks_name(endpoint)
+    failures[name] = message
+    session.report.failed(name, message, session.project_ids())
+    for project_id in session.project_ids():
+        session.report.run(project_id, name).deleted_marked = 0  # nothing landed
 
 
 def _load_report(pipeline: Any, report: SyncReport, file_format: str | None) -> None:
@@ -455,6 +520,12 @@ def print_summary(result: SyncResult, options: SyncOptions) -> None:
         rows,
     )
     print_rate_buckets(result.client_stats)
+    marks = {marks_name(e) for e in ENDPOINTS.values() if e.deleted_mark}
+    for run in report.runs.values():
+        if run.status == "removed":  # a fact about the server, nothing to act on: not a warning
+            echo(f"{run.resource} project {run.project_id}: {run.reason}")
+        if run.resource in marks and run.deleted_marked:
+            echo(f"project {run.project_id}: {run.deleted_marked} recordings deleted in PostHog marked (deleted_at)")
     for warning in result.warnings():
         echo(f"warning: {warning}", err=True)
     for table, names in sorted(report.drift.items()):

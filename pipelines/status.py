@@ -209,7 +209,7 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not rows:
         return None
     totals: dict[str, Any] = {"started_at": _iso(rows[0]["run_started_at"]), "resources": len(rows)}
-    for name in ("ok", "skipped", "incomplete", "failed"):
+    for name in ("ok", "skipped", "incomplete", "failed", "removed"):
         totals[name] = sum(1 for r in rows if r["status"] == name)
     for name in COUNTERS:
         totals[name] = _number(sum(r.get(name) or 0 for r in rows))
@@ -273,6 +273,9 @@ def print_status(status: Status) -> None:
           r.last_status or "") for r in status.resources],
     )
     for r in status.resources:
-        if r.last_status and r.last_status != "ok":
+        if r.last_status == "removed":  # gone from PostHog: what the table holds is all there will be
+            echo(f"removed: {r.resource} of project {r.project_id} (last asked {_when(r.last_run)}): "
+                 f"{r.last_reason or 'removed from PostHog'}")
+        elif r.last_status and r.last_status != "ok":
             echo(f"{r.last_status}: {r.resource} of project {r.project_id} at {_when(r.last_run)}: "
                  f"{r.last_reason or 'no reason recorded'}")

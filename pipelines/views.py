@@ -122,17 +122,24 @@ LEFT JOIN (SELECT project_id, desktop_recording_id, count(*) AS n
     ),
     View(
         name="v_active_subscriptions",
-        description="One row per project and `target_type` (email, slack, webhook): subscriptions not "
-        "soft-deleted and not past `until_date`, and how many are on dashboards and on insights.",
+        description="One row per project and `target_type` (email, slack, webhook): subscriptions that still "
+        "deliver (enabled, not soft-deleted, not ended), and how many are on dashboards, on insights and AI "
+        "prompts. Ended: `until_date` passed, or a `count`-limited schedule with no `next_delivery_date` left "
+        "(PostHog clears it once the schedule has no delivery left). Older servers send no `enabled` (they "
+        "cannot pause a delivery): null counts as enabled.",
         tables=("subscriptions",),
         sql="""SELECT
     project_id,
     target_type,
     count(*) AS active_subscriptions,
     count(dashboard) AS dashboard_subscriptions,
-    count(insight) AS insight_subscriptions
+    count(insight) AS insight_subscriptions,
+    count(*) FILTER (WHERE coalesce(resource_type, content_type) = 'ai_prompt') AS ai_prompt_subscriptions
 FROM {subscriptions}
-WHERE coalesce(deleted, FALSE) = FALSE AND (until_date IS NULL OR until_date > current_timestamp)
+WHERE coalesce(deleted, FALSE) = FALSE
+    AND coalesce(enabled, TRUE)
+    AND (until_date IS NULL OR until_date > current_timestamp)
+    AND ("count" IS NULL OR next_delivery_date IS NOT NULL)
 GROUP BY 1, 2""",
     ),
     View(

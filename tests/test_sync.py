@@ -219,10 +219,11 @@ def test_recordings_not_final_are_refetched_until_they_are(fake: FakePostHog, op
     assert landed_rows(options, "desktop_recordings") == truth_rows(fake, "desktop_recordings")
 
 
-@pytest.mark.parametrize(("resource", "status"), [("subscriptions", 402), ("desktop_recordings", 404)])
+@pytest.mark.parametrize(("resource", "status"), [("subscriptions", 402), ("desktop_recordings", 403)])
 def test_unavailable_resources_are_skipped_and_others_load(
     fake: FakePostHog, options: SyncOptions, resource: str, status: int
 ) -> None:
+    fake.versions["subscriptions"] = "older"  # only older servers gate subscriptions with 402 (§7.4)
     fake.disable(1, resource, status)
     result = sync(options)
     skipped = result.report.runs[(1, resource)]
@@ -265,15 +266,16 @@ def test_full_refresh_rebuilds_the_selected_tables(fake: FakePostHog, options: S
 
 def test_new_fields_are_reported_not_loaded_unless_evolving(fake: FakePostHog, options: SyncOptions) -> None:
     options.resources = ["subscriptions"]
-    fake.add_field("subscriptions", "ai_config", {"model": "gpt"})
+    fake.add_field("subscriptions", "delivery_channel", {"model": "gpt"})
     result = sync(options)
-    assert result.report.drift == {"subscriptions": {"ai_config"}}
+    assert result.report.drift == {"subscriptions": {"delivery_channel"}}
     columns_sql = "SELECT column_name FROM information_schema.columns WHERE table_name = 'subscriptions'"
-    assert ("ai_config",) not in query(options, columns_sql)
+    assert ("delivery_channel",) not in query(options, columns_sql)
     options.evolve = True
     sync(options)
-    assert ("ai_config",) in query(options, columns_sql)
-    assert query(options, "SELECT DISTINCT ai_config::VARCHAR FROM posthog.subscriptions") == [('{"model":"gpt"}',)]
+    assert ("delivery_channel",) in query(options, columns_sql)
+    assert query(options, "SELECT DISTINCT delivery_channel::VARCHAR FROM posthog.subscriptions") == [
+        ('{"model":"gpt"}',)]
 
 
 def test_a_type_contradiction_fails_that_table_only_and_loads_nothing_of_it(

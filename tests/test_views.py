@@ -31,7 +31,7 @@ VIEW_COLUMNS = {
     "v_desktop_meetings": "project_id, desktop_recording_id, meeting_title, platform, status, participants, "
     "transcript_segments, transcript_words, extracted_tasks",
     "v_active_subscriptions": "project_id, target_type, active_subscriptions, dashboard_subscriptions, "
-    "insight_subscriptions",
+    "insight_subscriptions, ai_prompt_subscriptions",
     "v_property_definitions_by_type": "project_id, type, group_type_index, property_type, definitions, "
     "verified_definitions, virtual_definitions, hidden_definitions",
     "v_vision_per_day": "project_id, day, scanner_id, scanner_type, sessions_observed, succeeded, failed, verdict_yes, "
@@ -71,10 +71,15 @@ def expected_views(fake: FakePostHog, projects: Sequence[int] = PROJECTS) -> dic
                              len(d["transcript_segments"]), len((d["transcript_text"] or "").split()),
                              len(d["extracted_tasks"])))
         for s in fake.truth(p, "subscriptions"):
-            if not s["deleted"] and (s["until_date"] is None or parse_time(s["until_date"]) > now):
+            # still delivering: enabled (older servers: no such field), not deleted, not ended
+            ended = (s["until_date"] is not None and parse_time(s["until_date"]) <= now) or (
+                s["count"] is not None and s["next_delivery_date"] is None)
+            if not s["deleted"] and s.get("enabled") is not False and not ended:
                 subs[(p, s["target_type"], "all")] += 1
                 subs[(p, s["target_type"], "dashboard")] += s["dashboard"] is not None
                 subs[(p, s["target_type"], "insight")] += s["insight"] is not None
+                kind = s.get("resource_type", s.get("content_type"))
+                subs[(p, s["target_type"], "ai_prompt")] += kind == "ai_prompt"
         for d in fake.truth(p, "property_definitions"):
             key = (p, d["type"], d["group_type_index"], d["property_type"])
             defs[(*key, "all")] += 1
@@ -121,7 +126,8 @@ def expected_views(fake: FakePostHog, projects: Sequence[int] = PROJECTS) -> dic
         "v_top_start_urls": _rows(ranked),
         "v_desktop_meetings": _rows(meetings),
         "v_active_subscriptions": _rows([
-            (p, target, n, subs[(p, target, "dashboard")], subs[(p, target, "insight")])
+            (p, target, n, subs[(p, target, "dashboard")], subs[(p, target, "insight")],
+             subs[(p, target, "ai_prompt")])
             for (p, target, kind), n in subs.items() if kind == "all"
         ]),
         "v_property_definitions_by_type": _rows([

@@ -11,6 +11,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +102,27 @@ class PostHogClient:
             follow_redirects=True,
         )
         self._retrying = retrying(max_attempts, backoff_s, sleep)
+        self._server_date: tuple[datetime, float] | None = None  # the newest `Date` header, and when it came
+
+    def server_time(self) -> datetime:
+        """PostHog's clock: the newest `Date` answer header plus the time since, else this machine's clock.
+
+        Whether a recording expired is PostHog's `now()` against its `expiry_time` (§7.1), not ours.
+        """
+        with self._lock:
+            if self._server_date is None:
+                return datetime.now(UTC)
+            date, at = self._server_date
+            return date + timedelta(seconds=max(0.0, time.monotonic() - at))
+
+    def _note_date(self, response: httpx.Response) -> None:
+        try:
+            date = parsedate_to_datetime(response.headers["date"]).astimezone(UTC)
+        except (KeyError, TypeError, ValueError):
+            return
+        with self._lock:
+            if self._server_date is None or date >= self._server_date[0]:
+                self._server_date = (date, time.monotonic())
 
     def close(self) -> None:
         """Close the underlying connections."""
@@ -174,6 +197,7 @@ class PostHogClient:
                     raise TransientError(f"{where}: {type(error).__name__}: {error}") from error
                 except (httpx.TransportError, httpx.DecodingError) as error:
                     raise TransientError(f"{where}: {type(error).__name__}: {error}") from error
+                self._note_date(response)
                 if response.status_code != 429:
                     with self._lock:
                         self.pacer.answered(buckets, now)

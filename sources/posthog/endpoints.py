@@ -40,6 +40,30 @@ class Child:
 
 
 @dataclass(frozen=True)
+class Traces:
+    """Where a table's rows name a person or a recording, for `posthog-export forget` (pipelines/forget.py).
+
+    A row is the person's when a `distinct_ids` column holds one of their distinct ids, a `persons` object
+    (PostHog's person: `distinct_ids`, `uuid`, `properties.email`) lists one or has their uuid, or an
+    `emails` column holds their email; such a row is erased, and the distinct ids, uuids and emails its
+    person objects name become the person's too. A row whose `sessions` column holds the session id of a
+    row erased so is erased as well. The person's emails are taken out of the JSON lists in `email_lists`,
+    the erased session ids out of those in `session_lists`; those rows stay. Child tables follow their parent.
+    """
+
+    distinct_ids: tuple[str, ...] = ()
+    persons: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    sessions: tuple[str, ...] = ()
+    email_lists: tuple[str, ...] = ()
+    session_lists: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return any((self.distinct_ids, self.persons, self.emails, self.sessions, self.email_lists,
+                    self.session_lists))
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """How one PostHog list endpoint is read and where it lands."""
 
@@ -53,6 +77,8 @@ class Endpoint:
     cursor: str | None = None
     # the key's rate buckets a request counts against; the last one is blamed for its 429s (§5)
     buckets: tuple[str, ...] = GENERAL
+    # the buckets a `<path>/<id>/` read spends, where they differ from the list's (§5)
+    detail_buckets: tuple[str, ...] | None = None
     # 504/512/513 and ClickHouse's wait-less 429s mean the query was too big: ask for smaller pages or
     # narrower date windows, never the same again (§6)
     too_big: bool = False
@@ -88,6 +114,20 @@ class Endpoint:
     # objects): the column contract test (tests/test_contract.py) checks every other column against
     # the field lists in shared/posthog-fields.json
     derived: tuple[str, ...] = ()
+    # list-row fields PostHog fills with a placeholder, the real value being only in `/:id/` (§7.1): stored
+    # null from list rows rather than as if it were the value
+    list_placeholders: tuple[str, ...] = ()
+    # columns whose declared type changed, with the type an earlier release declared: a table created
+    # then keeps that type (the data-type contract is frozen), its values converted to it (`column_types`)
+    retyped: Mapping[str, ColumnType] = field(default_factory=dict)
+    # when PostHog removed the endpoint (e.g. "2026"): a 404 (or a FOSS build's 501) on its list means it
+    # is gone from this server, not skipped; the rows exported before stay
+    removed: str | None = None
+    # the columns tying a row to a person or a recording, for `forget`
+    traces: Traces = Traces()
+    # date_from lists that drop deleted rows without a trace (§7.1): the timestamp column a run sets on a
+    # stored row it finds deleted upstream; the row is kept (pipelines/deletions.py)
+    deleted_mark: str | None = None
     # columns lifted out of nested objects: column -> dotted path into the row (list them in `derived`)
     lifted: Mapping[str, str] = field(default_factory=dict)
     # watermark lists read once per row of a parent listing, whose `id` fills the `:<name>` placeholder
@@ -102,6 +142,14 @@ class Endpoint:
     def ascending(self) -> bool:
         """Whether the list comes oldest first, so a stopped scan may keep its cursor."""
         return self.params.get("order_direction") == "ASC"
+
+    def column_types(self, stored: Mapping[str, str] | None = None) -> dict[str, ColumnType]:
+        """The declared columns, with a `retyped` column at its earlier type where the table has that one."""
+        columns = dict(self.columns)
+        for name, earlier in self.retyped.items():
+            if stored and stored.get(name) == earlier:
+                columns[name] = earlier
+        return columns
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -121,11 +169,18 @@ RECORDINGS = Endpoint(
     reread="session_ids",
     # the ClickHouse-backed listing has its own tier besides the analytics bucket (§5)
     buckets=("analytics", "recordings_list"),
+    detail_buckets=("analytics",),  # retrieve has no listing tier
     too_big=True,
     # no API cap (HogQL stops at 50,000); list calls are the scarce budget (60/h on free plans), and a
     # page that hits the 60 s query timeout is retried at half the size
     page_size=10_000,
     partial_at_edge=True,
+    # "web" and null in every list row, mobile recordings too; only `/:id/` has them (§7.1)
+    list_placeholders=("snapshot_source", "snapshot_library"),
+    # `id` is the session id; `viewers` lists the emails of the PostHog users who watched it
+    traces=Traces(distinct_ids=("distinct_id",), persons=("person",), sessions=("id",), email_lists=("viewers",)),
+    deleted_mark="deleted_at",
+    derived=("deleted_at",),
     # JSON-decoded by the server (§7.1): send ISO dates with Z and no unknown params.
     params={"order": "start_time", "order_direction": "ASC"},
     columns={
@@ -158,6 +213,7 @@ RECORDINGS = Endpoint(
         "summary_outcome": "json",
         "external_references": "json",
         "matches_filters": "bool",
+        "deleted_at": "timestamp",
     },
 )
 
@@ -169,6 +225,9 @@ SUMMARIES = Endpoint(
     primary_key=("id",),
     cursor="created_at",
     detail=True,
+    removed="2026",  # PR #80312, 2026-08-13: newer servers 404, FOSS builds 501; the rows exist nowhere else
+    # a summary covers several people's sessions: an erased one leaves its list, the summary stays
+    traces=Traces(session_lists=("session_ids",)),
     columns={
         "id": "text",
         "title": "text",
@@ -177,6 +236,7 @@ SUMMARIES = Endpoint(
         "session_ids": "json",
         "summary": "json",
         "extra_summary_context": "json",
+        "extra_input_context": "json",  # older servers' detail rows
         "run_metadata": "json",
         "created_at": "timestamp",
         "created_by": USER,
@@ -192,10 +252,13 @@ DESKTOP = Endpoint(
     primary_key=("id",),
     cursor="started_at",
     final_statuses=("ready", "error"),
+    removed="2026",  # probably: the newest servers have no route for it (§7.3)
+    # a user id (§7.3); declared json until 2026-12
+    retyped={"created_by": "json"},
     columns={
         "id": "text",
         "team": "bigint",
-        "created_by": "json",
+        "created_by": "bigint",
         "sdk_upload_id": "text",
         "recall_recording_id": "text",
         "platform": "text",
@@ -244,12 +307,20 @@ SUBSCRIPTIONS = Endpoint(
     ordering=("ordering", "created_at"),
     columns={
         "id": "bigint",
+        # what is delivered: insight or dashboard (null on AI-prompt rows), or an AI prompt (§7.4); the kind
+        # is `resource_type` on the newest servers, `content_type` (+ `ai_config`) on some mid-2026 ones
+        "resource_type": "text",
+        "content_type": "text",
+        "ai_config": "json",
         "dashboard": "bigint",
         "insight": "bigint",
         "insight_short_id": "text",
         "resource_name": "text",
+        "dashboard_export_insights": "json",
+        "prompt": "text",
         "target_type": "text",
         "target_value": "text",
+        "integration_id": "bigint",
         "frequency": "text",
         "interval": "bigint",
         "byweekday": "json",
@@ -257,15 +328,17 @@ SUBSCRIPTIONS = Endpoint(
         "count": "bigint",
         "start_date": "timestamp",
         "until_date": "timestamp",
+        "next_delivery_date": "timestamp",
         "created_at": "timestamp",
         "created_by": USER,
         "deleted": "bool",
+        # false once PostHog paused a broken delivery itself; null on older servers, which have no pause
+        "enabled": "bool",
         "title": "text",
         "summary": "text",
-        "next_delivery_date": "timestamp",
-        "invite_message": "text",
-        "integration_id": "bigint",
-        "dashboard_export_insights": "json",
+        "summary_enabled": "bool",
+        "summary_prompt_guide": "text",
+        "invite_message": "text",  # always null in responses: PostHog does not store it
     },
 )
 

@@ -34,7 +34,7 @@ class AuthError(PostHogError):
 
 
 class ResourceUnavailable(PostHogError):
-    """402/403/404 on a list endpoint: this resource cannot be read here; others may still work."""
+    """402/403/404/501 on a list endpoint: this resource cannot be read here; others may still work."""
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
@@ -113,6 +113,8 @@ def error_for(
         return QueryTooBig(f"{where}: HTTP 429 {reason[:120]}") if too_big else TransientError(f"{where}: 429 {reason}")
     if too_big and status in (504, 512, 513):
         return QueryTooBig(f"{where}: HTTP {status} {reason[:120]}")
+    if status == 501:  # not in this build (a FOSS one, §7.2): asking again cannot help
+        return ResourceUnavailable(f"not in this PostHog build (HTTP 501: {reason})", 501)
     if status >= 500:
         return TransientError(f"{where}: HTTP {status} {reason[:120]}")
     if status == 401:

@@ -24,6 +24,7 @@ REPORT_COLUMNS = dlt_columns({
     "rows_loaded": "bigint",
     "api_count": "bigint",
     "unproven": "bigint",
+    "deleted_marked": "bigint",
     "duration_s": "double",
     "status": "text",
     "reason": "text",
@@ -45,10 +46,16 @@ class ResourceRun:
     api_count: int | None = None
     # rows of full listings not proven read: counted but never returned, or the list never settled
     unproven: int = 0
+    # stored rows this run found deleted upstream and marked (`Endpoint.deleted_mark`)
+    deleted_marked: int = 0
     duration_s: float = 0.0
-    status: str = "ok"  # ok | skipped | incomplete | failed
+    status: str = "ok"  # ok | skipped | incomplete | failed | removed (the endpoint is gone from PostHog)
     reason: str | None = None
     error: Exception | None = field(default=None, repr=False, compare=False)  # what stopped it, not stored
+    # date_from readers: where the window began, and the ids listed in it when it was read to the end
+    # (None: stopped, first sync, or too many to keep); for deletion marks, not stored
+    window_from: datetime | None = field(default=None, repr=False, compare=False)
+    listed: set[str] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -69,8 +76,8 @@ class Job:
         return f"/api/projects/{self.project_id}/{self.endpoint.path}/"
 
 
-# the fields of a run that `_sync_report` stores (`error` is for messages only)
-_STORED = [f for f in fields(ResourceRun) if f.name != "error"]
+# the fields of a run that `_sync_report` stores (`error` is for messages, the window for deletion marks)
+_STORED = [f for f in fields(ResourceRun) if f.name not in ("error", "window_from", "listed")]
 
 
 @dataclass

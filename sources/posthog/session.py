@@ -14,7 +14,7 @@ from .client import PostHogClient
 from .endpoints import ENDPOINTS, Endpoint
 from .report import SyncReport
 from .settings import PostHogSettings, SettingsError
-from .sync import Context, start_feeds
+from .sync import Context, StoredTable, start_feeds
 
 logger = logging.getLogger("posthog_export")
 
@@ -83,6 +83,11 @@ class Session:
                                 "key's project access")
         logger.info("found %d projects: %s", len(ids), ", ".join(map(str, ids)))
         return ids
+
+    def know_stored(self, tables: Mapping[str, StoredTable]) -> None:
+        """What the destination holds per resource before the run (column types, rows per project)."""
+        for name, ctx in self.contexts.items():
+            ctx.stored = tables.get(name, StoredTable({}, {}))
 
     def read_ahead(self, states: Mapping[str, Mapping[str, Any]], resources: Iterable[str]) -> None:
         """Start the readers of `resources` now, from `states` (`{resource: {project_id: state}}`, the

@@ -39,6 +39,15 @@ EDGE_MARGIN_US = 3600 * 1_000_000  # a session's parts are never this far apart 
 MIN_WINDOW = timedelta(minutes=15)  # narrower recordings windows than this do not get cheaper
 DELETED = "_deleted"  # set on the rows a run sends only to delete them (dlt's `hard_delete` hint)
 SEEN_KEEP = 1024  # recordings read in a run are forgotten, once past, only when more than this many
+LISTED_KEEP = 500_000  # ids listed in a window kept for deletion marks; a longer window marks none
+
+
+@dataclass(frozen=True)
+class StoredTable:
+    """What the destination holds of an endpoint's table before a run: column types, rows per project."""
+
+    types: Mapping[str, str] = field(default_factory=dict)
+    rows: Mapping[int, int] | None = None  # None: not counted (the table exists but could not be queried)
 
 
 @dataclass
@@ -58,6 +67,8 @@ class Context:
     feeds: dict[int, tuple[Job, Feed]] = field(default_factory=dict)
     # the recordings page size PostHog answers in time, shared by every project of the run
     query_limits: QueryLimits = field(default_factory=QueryLimits)
+    # the destination's table before this run (the runner tells; else the schema dlt extracts into)
+    stored: StoredTable | None = None
 
     def page_size(self, endpoint: Endpoint) -> int:
         """The configured page size for an endpoint, else its declared default."""
@@ -115,12 +126,16 @@ def page_items(job: Job, ctx: Context, rows: list[ROW]) -> tuple[pa.Table | None
     endpoint = job.endpoint
     for row in rows if endpoint.lifted else ():
         row.update((name, dig(row, path)) for name, path in endpoint.lifted.items())
-    columns: dict[str, ColumnType] = {"project_id": "bigint", **endpoint.columns}
+    stored = ctx.stored.types if ctx.stored else None
+    columns: dict[str, ColumnType] = {"project_id": "bigint", **endpoint.column_types(stored)}
     if endpoint.delete_missing:
         columns[DELETED] = "bool"
     table = to_arrow(
         endpoint.name, rows, columns, drift=ctx.drift, evolve=ctx.evolve, elsewhere=endpoint.children
     )
+    for name in endpoint.list_placeholders:  # not the value: unknown until read by id (§7.1)
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pa.nulls(table.num_rows, table.schema.field(i).type))
     job.run.rows_loaded += table.num_rows
     # hints as a table variant: dlt starts child variants from the resource's hints, and the
     # parent's declared columns must not leak into child tables
@@ -209,6 +224,17 @@ class _Window:
     newest_us: int | None
     edge: dict[str, int] = field(default_factory=dict)
     held: dict[str, ROW] = field(default_factory=dict)
+    # every id the listing returned, for deletion marks (None: not collected)
+    listed: set[str] | None = None
+
+    def saw(self, rows: list[ROW]) -> None:
+        """Remember the ids of a listing page (before any is dropped as a repeat or partial)."""
+        if self.listed is None:
+            return
+        self.listed.update(str(r["id"]) for r in rows if r.get("id") is not None)
+        if len(self.listed) > LISTED_KEEP:
+            logger.warning("more than %d recordings in the re-read window: no deletion marks this run", LISTED_KEEP)
+            self.listed = None
 
     def hold(self, endpoint: Endpoint, rows: list[ROW], date_to_us: int) -> list[ROW]:
         """Keep back rows that may run past `date_to` (cut there, §7.1); return the others."""
@@ -228,6 +254,8 @@ def read_date_from(job: Job, ctx: Context) -> Iterator[Any]:
     Recordings that straddle a window's edge come back partial (§7.1): at the lower edge with a later
     start, at a `date_to` with a cut end. Ids seen near the last edge are kept in state with their
     start; a row returned with a later start than stored is partial and is read again by `session_ids`.
+    For deletion marks (`endpoint.deleted_mark`) the run keeps where its window began and, once read to
+    the end on an incremental run, every id listed in it.
     A recordings query too big for ClickHouse (§6) is asked for in smaller pages, then narrower windows;
     the page size that worked is kept in state for the next run.
     """
@@ -240,20 +268,43 @@ def read_date_from(job: Job, ctx: Context) -> Iterator[Any]:
         limits.start(ctx.page_size(endpoint), state.get("page_size"))
     known: dict[str, int] = state.get("edge", {})
     window = _Window(int(parse_time(cursor).timestamp() * 1_000_000) if cursor else None)
+    if endpoint.deleted_mark:
+        job.run.window_from = parse_time(date_from)
+        window.listed = set() if cursor else None  # a first sync has nothing stored to mark
     try:
         yield from _read_windows(job, ctx, date_from, limits, known, window)
+        job.run.listed = window.listed
     except (BudgetExhausted, QueryTooBig) as error:
         _stopped(job.run, error)
         if not endpoint.ascending:
             return  # newest first: rows not read yet are older than the cursor would claim
         window.edge.update((k, v) for k, v in known.items() if k not in window.edge)
-        window.edge.update(window.held)  # read but not handed over: the next run must know their start
+        # read but not handed over: the next run must know their start (only that: state keeps no row)
+        window.edge.update((k, _us(r[endpoint.cursor])) for k, r in window.held.items() if r.get(endpoint.cursor))
     if window.newest_us is not None:
         state["cursor"] = iso(datetime.fromtimestamp(window.newest_us / 1_000_000, UTC))
     if endpoint.partial_at_edge:
         state["edge"] = window.edge
     if limits is not None and limits.size:
         state["page_size"] = limits.size
+
+
+def forget_in_state(state: dict[str, Any], ids: Iterable[Any]) -> bool:
+    """Remove row ids from one project's reader state (recordings' edge, desktop pending, full-listing ids),
+    for `forget`; True when something was removed. The state holds no other trace of a row."""
+    gone, changed = set(ids), False
+    edge = state.get("edge") or {}
+    for ident in gone & edge.keys():
+        del edge[ident]
+        changed = True
+    if any(i in gone for i in state.get("pending") or ()):
+        state["pending"] = [i for i in state["pending"] if i not in gone]
+        changed = True
+    for name, listed in (state.get("ids") or {}).items():
+        if any(i in gone for i in listed):
+            state["ids"][name] = [i for i in listed if i not in gone]
+            changed = True
+    return changed
 
 
 def _stopped(run: ResourceRun, error: PostHogError) -> None:
@@ -282,6 +333,7 @@ def _read_windows(
                 if page == 0 and upper is None and lower == date_from and isinstance(body.get("count"), int):
                     run.api_count = body["count"]
                 ctx.report.fetched(run, len(rows))
+                window.saw(rows)
                 if endpoint.partial_at_edge:
                     # keyset and `date_from` pages repeat rows already read (ties, sessions crossing the
                     # new `date_from` with a later start, §7.1): those are dropped
@@ -795,6 +847,15 @@ def start_feeds(
         ctx.feeds[project_id] = _feed(endpoint, ctx, project_id, state)
 
 
+def removed_reason(endpoint: Endpoint, stored: StoredTable | None, project_id: int) -> str:
+    """Why a removed endpoint (`Endpoint.removed`) loaded nothing, and what became of the rows exported before."""
+    rows = None if stored is None or stored.rows is None else stored.rows.get(project_id, 0)
+    if rows == 0:
+        return f"does not exist on this PostHog server (removed from PostHog in {endpoint.removed}); nothing to export"
+    kept = "the rows already exported are kept" if rows is None else f"the {rows} rows already exported are kept"
+    return f"removed from PostHog in {endpoint.removed}; {kept}"
+
+
 def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) -> Iterator[Any]:
     """The body of every resource: read each project with the endpoint's sync mode.
 
@@ -802,6 +863,9 @@ def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) 
     dlt one after the other; each project's state is replaced by its reader's once all its rows are out.
     """
     projects = dlt.current.resource_state().setdefault("projects", {})
+    if ctx.stored is None:  # not told by the runner: the table as the schema dlt extracts into has it
+        table = dlt.current.source_schema().tables.get(endpoint.name, {})
+        ctx.stored = StoredTable({n: c.get("data_type", "") for n, c in table.get("columns", {}).items()})
     ids = list(project_ids)
     for project_id in ids:
         if project_id not in ctx.feeds:
@@ -813,8 +877,12 @@ def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) 
             try:
                 yield from feed
             except ResourceUnavailable as error:
-                job.run.status, job.run.reason, job.run.error = "skipped", str(error), error
-                logger.warning("%s skipped for project %s: %s", endpoint.name, project_id, error)
+                if endpoint.removed and error.status in (404, 501):  # gone from PostHog: nothing to fix
+                    job.run.status, job.run.reason = "removed", removed_reason(endpoint, ctx.stored, project_id)
+                    logger.debug("%s project %s: %s (%s)", endpoint.name, project_id, job.run.reason, error)
+                else:
+                    job.run.status, job.run.reason, job.run.error = "skipped", str(error), error
+                    logger.warning("%s skipped for project %s: %s", endpoint.name, project_id, error)
             except TransientError as error:
                 raise PostHogError(
                     f"{endpoint.name} project {project_id}: gave up after {ctx.client.max_attempts} attempts: "
