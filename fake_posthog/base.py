@@ -13,7 +13,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US = 1_000_000
 M64 = (1 << 64) - 1
 RESOURCES = ("session_recordings", "session_group_summaries", "desktop_recordings", "subscriptions",
-             "property_definitions", "session_recording_playlists")
+             "property_definitions", "session_recording_playlists", "vision_scanners", "vision_observations")
 _REL = re.compile(r"-?(\d+)([hdwmy])")
 _REL_S = {"h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}
 _OID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-([0-9a-f]{12})")

@@ -34,11 +34,12 @@ from .lists import Lists, _drf
 from .playlists import Playlists
 from .recordings import Recordings, _Stream
 from .versions import Versions
+from .vision import Vision
 
 _ENV_ROUTES = {"session_recordings", "desktop_recordings", "subscriptions", "session_recording_playlists"}
 
 
-class FakePostHog(Recordings, Lists, Playlists, Faults, Versions):
+class FakePostHog(Recordings, Lists, Playlists, Vision, Faults, Versions):
     """A deterministic, thread-safe PostHog API fake with a movable clock; ``serve()`` starts HTTP.
 
     Recordings behave like the newest servers by default (``keyset=True``: `next_cursor`, a tiebreaker,
@@ -50,6 +51,8 @@ class FakePostHog(Recordings, Lists, Playlists, Faults, Versions):
     newest); ``removed`` names endpoints the server no longer has (404; with ``foss`` the summaries
     answer 501 as a build without ee/ does).
     ``playlist_tiebreaker=False`` lists playlists as older servers do (no id tiebreaker, no 500 cap).
+    Replay Vision (``vision.py``): ``add_scanner``, ``delete_scanner``, ``retry_observation``,
+    ``vision_enabled``.
     """
 
     def __init__(self, *, project_ids: Sequence[int] = (1, 2), recordings: int = 120,
@@ -60,7 +63,7 @@ class FakePostHog(Recordings, Lists, Playlists, Faults, Versions):
                  retention_days: int = 365, tie_group: int = 1, subscription_order: str = "heap",
                  verified_first: bool = True, versions: Mapping[str, str] | None = None,
                  removed: Sequence[str] = (), foss: bool = False, playlists: int = 8,
-                 playlist_tiebreaker: bool = True) -> None:
+                 playlist_tiebreaker: bool = True, vision_scanners: int = 4) -> None:
         self._lock = threading.RLock()
         self._now_us = _to_us(now or datetime.now(UTC).replace(microsecond=0))
         self.requests: list[FakeRequest] = []
@@ -85,6 +88,7 @@ class FakePostHog(Recordings, Lists, Playlists, Faults, Versions):
                          property_definitions=property_definitions, subscription_order=subscription_order,
                          verified_first=verified_first)
         self._init_playlists(max(self._now_us // US - self._rbase, 86400), playlists, playlist_tiebreaker)
+        self._init_vision(vision_scanners)
 
     # -- clock and schema drift ------------------------------------------------------------------
 
@@ -134,6 +138,8 @@ class FakePostHog(Recordings, Lists, Playlists, Faults, Versions):
                 rows = [self._sub_row(r) for r in self._subs[p] if r is not None]
             elif resource == "session_recording_playlists":
                 rows = self._playlists_truth(p)
+            elif resource.startswith("vision_"):
+                rows = self._vision_truth(p, resource)
             else:
                 rows = [{**r, "type": t, "group_type_index": g} for (t, g), defs in self._defs[p].items()
                         for r in self._defs_out(defs + self._virtual(t))]
@@ -206,6 +212,8 @@ class FakePostHog(Recordings, Lists, Playlists, Faults, Versions):
         if len(rest) == 1:
             return 200, self._project(pid), None
         resource = rest[1]
+        if resource == "vision" and parts[1] == "projects":  # projects router only (§2)
+            return self._vision(pid, rest[2:], params, url)
         if resource == "groups_types" and len(rest) == 2 and parts[1] == "projects":
             return 200, [{"group_type": _GROUP_NAMES[g], "group_type_index": g, "name_singular": None,
                           "name_plural": None} for g in range(self.group_types)], None

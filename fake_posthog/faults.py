@@ -17,7 +17,9 @@ from .base import RESOURCES, US, State, _check, _err
 SCOPES = {"session_recordings": "session_recording:read", "session_group_summaries": "session_recording:read",
           "desktop_recordings": "desktop_recording:read", "subscriptions": "subscription:read",
           "property_definitions": "property_definition:read",
-          "session_recording_playlists": "session_recording_playlist:read"}
+          "session_recording_playlists": "session_recording_playlist:read", "vision_scanners": "replay_scanner:read",
+          # the observations also need replay_scanner:read; a key with that but no recordings scope gets this
+          "vision_observations": "session_recording:read"}
 
 
 def _error_body(status: int, resource: str | None = None, wait_s: int = 1, listing: bool = False,

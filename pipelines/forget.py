@@ -38,7 +38,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from sources.posthog import ENDPOINTS
 from sources.posthog.endpoints import Traces
-from sources.posthog.sync import DELETED, child_table, forget_in_state, members_merge_key, parent_column
+from sources.posthog.sync import DELETED, child_table, forget_in_state, members_merge_key, parent_key
 
 from .output import echo, print_table
 from .parquet import Switch, _connect, _finish, _literal, _manifest, _quote, _remove, _scan, _stage, _url, compact_table
@@ -60,13 +60,14 @@ class Table:
     key: tuple[str, ...]
     traces: Traces = Traces()
     parent: str | None = None  # child tables: rows go with their parent row, on (project_id, <parent>_id)
+    parent_fields: tuple[str, ...] = ("id",)  # child tables: the parent's columns their link holds
     merge_key: tuple[str, ...] = ()
     deleted: str | None = None  # the `hard_delete` column Parquet compaction honours
 
     @property
     def link(self) -> tuple[str, ...]:
         """The columns naming a row to erase: the key, or for a child table its parent's."""
-        return self.key[:2] if self.parent else self.key
+        return self.key[:-1] if self.parent else self.key  # a child's key is its parent's link plus `position`
 
 
 def tables() -> list[Table]:
@@ -77,10 +78,11 @@ def tables() -> list[Table]:
             continue
         found.append(Table(endpoint.name, endpoint.name, endpoint.key, endpoint.traces,
                            deleted=DELETED if endpoint.delete_missing else None))
-        parent = parent_column(endpoint)
+        parent = parent_key(endpoint)
         for name in endpoint.children:
-            found.append(Table(child_table(endpoint, name), endpoint.name, ("project_id", parent, "position"),
-                               parent=endpoint.name, merge_key=("project_id", parent)))
+            found.append(Table(child_table(endpoint, name), endpoint.name, ("project_id", *parent, "position"),
+                               parent=endpoint.name, parent_fields=tuple(parent.values()),
+                               merge_key=("project_id", *parent)))
     for endpoint in ENDPOINTS.values():  # member tables (playlist items) load with their parent's resource
         members = endpoint.members.endpoint if endpoint.members else None
         if members is not None and members.traces:
@@ -464,12 +466,13 @@ def plan(store: Store, person: Person, projects: Sequence[int] | None = None) ->
     for table in known:
         change = changes[table.name]
         if table.parent:
-            # child rows name their parent by its `id` (sync.py `page_items`), whatever the parent's key
+            # child rows name their parent by its `id`, or by its own key (sync.py `parent_key`)
             parent = changes.get(table.parent)
             change.gone = set()
+            fields = ", ".join(map(store.column, ("project_id", *table.parent_fields)))
             for chunk in _chunks(parent.gone if parent else ()):
                 change.gone.update(store.rows(
-                    f"SELECT {store.column('project_id')}, {store.column('id')} FROM {store.table(table.parent)} "
+                    f"SELECT {fields} FROM {store.table(table.parent)} "
                     f"WHERE {store.where(parent.table.key, chunk)}"))  # type: ignore[union-attr]
             for chunk in _chunks(change.gone):
                 sql = f"SELECT count(*) FROM {store.table(table.name)} WHERE {store.where(table.link, chunk)}"

@@ -34,7 +34,7 @@ from sources.posthog.client import ClientStats
 from sources.posthog.errors import AuthError, NotPostHog, PostHogError, ProjectNotFound
 from sources.posthog.report import REPORT_COLUMNS, REPORT_TABLE
 from sources.posthog.settings import Clock
-from sources.posthog.sync import DELETED, StoredTable, child_table, members_merge_key, parent_column
+from sources.posthog.sync import DELETED, StoredTable, child_table, members_merge_key, parent_key
 
 from .deletions import mark_deletions, marks_name
 from .destinations import check_destination, resolve_destination
@@ -254,10 +254,10 @@ def _compact(resource: str, pipeline: Any) -> None:
     with pipeline.destination_client() as client:
         fs, folder = client.fs_client, client.get_table_dir
         compact_table(fs, folder(endpoint.name), endpoint.key, deleted=DELETED if endpoint.delete_missing else None)
-        parent = parent_column(endpoint)
+        parent = tuple(parent_key(endpoint))
         for name in endpoint.children:
             compact_table(
-                fs, folder(child_table(endpoint, name)), ("project_id", parent, "position"), ("project_id", parent)
+                fs, folder(child_table(endpoint, name)), ("project_id", *parent, "position"), ("project_id", *parent)
             )
         if endpoint.members:
             members = endpoint.members.endpoint

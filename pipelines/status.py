@@ -20,6 +20,7 @@ from typing import Any
 import dlt
 
 from sources.posthog import ENDPOINTS
+from sources.posthog.sync import state_cursor, state_pending
 
 from .output import echo, print_table
 from .runner import REPORT_COLUMNS, destination_for
@@ -132,8 +133,8 @@ def _read(status: Status, state: Any, data: Any) -> None:
             continue
         for project_id, project_state in (resource_state.get("projects") or {}).items():
             item = entry(project_id, resource)
-            item.cursor = project_state.get("cursor")
-            item.pending = len(project_state.get("pending") or ())
+            item.cursor = state_cursor(project_state)
+            item.pending = state_pending(project_state)
     for resource in ENDPOINTS:
         if resource in tables:
             counts = run("SELECT project_id, COUNT(*) FROM {} GROUP BY project_id", resource)

@@ -32,12 +32,20 @@ class View:
     sql: str
     optional: tuple[str, ...] = ()  # child tables that read as empty while they do not exist
     dialect_sql: Mapping[str, str] = field(default_factory=dict)  # per-dialect variants of `sql`
+    stand_ins: Mapping[str, str] = field(default_factory=dict)  # optional tables' empty stand-ins, if not
+    # the desktop children's
 
     def render(self, dialect: str, qualify: Mapping[str, str]) -> str:
         """The SELECT for a dialect with every `{table}` replaced by its qualified name (or stand-in)."""
-        names = {t: qualify.get(t, _NO_CHILD_ROWS) for t in (*self.tables, *self.optional)}
+        names = {t: qualify.get(t, self.stand_ins.get(t, _NO_CHILD_ROWS)) for t in (*self.tables, *self.optional)}
         return self.dialect_sql.get(dialect, self.sql).format(**names)
 
+
+_NO_TAGS = (
+    "(SELECT CAST(NULL AS BIGINT) AS project_id, CAST(NULL AS VARCHAR) AS scanner_id, "
+    "CAST(NULL AS VARCHAR) AS session_id, CAST(NULL AS VARCHAR) AS tag WHERE 1 = 0)"
+)
+_TAG_TABLES = {"vision_observations__tags": _NO_TAGS, "vision_observations__tags_freeform": _NO_TAGS}
 
 VIEWS: tuple[View, ...] = (
     View(
@@ -152,6 +160,76 @@ FROM {property_definitions}
 GROUP BY 1, 2, 3, 4""",
     ),
 )
+
+
+VISION_VIEWS: tuple[View, ...] = (
+    View(
+        name="v_vision_observations",
+        description="The Replay Vision observations of scanners that still exist: PostHog deletes a "
+        "scanner's observations with it (§7.6), the table keeps them.",
+        tables=("vision_observations", "vision_scanners"),
+        sql="""SELECT o.*
+FROM {vision_observations} AS o
+WHERE EXISTS (SELECT 1 FROM {vision_scanners} AS s WHERE s.project_id = o.project_id AND s.id = o.scanner_id)""",
+    ),
+    View(
+        name="v_vision_per_day",
+        description="One row per project, UTC day of the recording's `start_time` (null: recording not "
+        "exported) and existing scanner: sessions observed, succeeded and failed, monitor verdicts (yes, "
+        "no, inconclusive), classifier sessions tagged and tags given, and the scorer's mean score.",
+        tables=("vision_observations", "vision_scanners", "session_recordings"),
+        optional=("vision_observations__tags",),
+        stand_ins=_TAG_TABLES,
+        sql="""WITH tagged AS (
+    SELECT project_id, scanner_id, session_id, count(*) AS tags
+    FROM {vision_observations__tags} GROUP BY 1, 2, 3
+)
+SELECT
+    o.project_id,
+    CAST(r.start_time AT TIME ZONE 'UTC' AS DATE) AS day,
+    o.scanner_id,
+    s.name AS scanner_name,
+    s.scanner_type,
+    count(*) AS sessions_observed,
+    count(*) FILTER (WHERE o.status = 'succeeded') AS succeeded,
+    count(*) FILTER (WHERE o.status = 'failed') AS failed,
+    count(*) FILTER (WHERE o.result_verdict = 'yes') AS verdict_yes,
+    count(*) FILTER (WHERE o.result_verdict = 'no') AS verdict_no,
+    count(*) FILTER (WHERE o.result_verdict = 'inconclusive') AS verdict_inconclusive,
+    count(t.tags) AS tagged_sessions,
+    coalesce(sum(t.tags), 0) AS tags,
+    avg(o.result_score) AS mean_score
+FROM {vision_observations} AS o
+JOIN {vision_scanners} AS s ON s.project_id = o.project_id AND s.id = o.scanner_id
+LEFT JOIN {session_recordings} AS r ON r.project_id = o.project_id AND r.id = o.session_id
+LEFT JOIN tagged AS t
+    ON t.project_id = o.project_id AND t.scanner_id = o.scanner_id AND t.session_id = o.session_id
+GROUP BY 1, 2, 3, 4, 5""",
+    ),
+    View(
+        name="v_vision_tags_per_day",
+        description="One row per project, UTC day of the recording's `start_time`, existing scanner and "
+        "classifier tag (`freeform`: a tag outside the scanner's vocabulary): sessions given that tag.",
+        tables=("vision_scanners", "session_recordings"),
+        optional=("vision_observations__tags", "vision_observations__tags_freeform"),
+        stand_ins=_TAG_TABLES,
+        sql="""SELECT
+    t.project_id,
+    CAST(r.start_time AT TIME ZONE 'UTC' AS DATE) AS day,
+    t.scanner_id,
+    t.tag,
+    t.freeform,
+    count(*) AS sessions
+FROM (SELECT project_id, scanner_id, session_id, tag, FALSE AS freeform FROM {vision_observations__tags}
+      UNION ALL
+      SELECT project_id, scanner_id, session_id, tag, TRUE AS freeform FROM {vision_observations__tags_freeform}
+     ) AS t
+JOIN {vision_scanners} AS s ON s.project_id = t.project_id AND s.id = t.scanner_id
+LEFT JOIN {session_recordings} AS r ON r.project_id = t.project_id AND r.id = t.session_id
+GROUP BY 1, 2, 3, 4, 5""",
+    ),
+)
+VIEWS += VISION_VIEWS
 
 
 def view_dialect(pipeline: Any) -> str | None:

@@ -23,7 +23,7 @@ from pipelines.cli import main
 from pipelines.runner import SyncOptions
 from sources.posthog import ENDPOINTS
 from sources.posthog.client import PostHogClient
-from sources.posthog.endpoints import RECORDINGS, Child, Endpoint, Traces
+from sources.posthog.endpoints import RECORDINGS
 from sources.posthog.errors import BudgetExhausted
 from sources.posthog.report import SyncReport
 from sources.posthog.sync import Context, read_date_from
@@ -229,21 +229,13 @@ def test_forget_refuses_bad_input_in_one_line(
 
 @both_destinations
 def test_a_table_joins_forget_by_one_traces_entry_with_its_child_tables(
-    capsys: pytest.CaptureFixture[str], fake: FakePostHog, forget_options: SyncOptions, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], fake: FakePostHog, forget_options: SyncOptions,
 ) -> None:
-    """Replay Vision observations and playlist items, as other tables will be: declared, loaded, forgotten."""
+    """Replay Vision observations (with a child table) and playlist items: declared, loaded, forgotten."""
     options = forget_options
     options.resources = ["session_recordings"]
-    observations = Endpoint(  # one row per scanner and session (a retry replaces the failed one, §7.6)
-        name="vision_observations", path="vision/observations", paging="drf", sync="full",
-        primary_key=("scanner_id", "session_id"),
-        columns={"id": "text", "scanner_id": "text", "session_id": "text", "distinct_id": "text",
-                 "recording_subject_email": "text"},
-        children={"tags": Child({"tag": "text"}, scalar="tag")},
-        traces=Traces(distinct_ids=("distinct_id",), emails=("recording_subject_email",), sessions=("session_id",)),
-    )
-    # playlist items are declared in the endpoint table (members of session_recording_playlists)
-    monkeypatch.setitem(ENDPOINTS, observations.name, observations)
+    # vision_observations (keyed by scanner and session, children by the same key) and playlist items are
+    # declared in the endpoint table like every other table
     recordings = fake.truth(1, "session_recordings")
     a = recordings[0]["distinct_id"]
     mine = [r["id"] for r in recordings if r["distinct_id"] == a]
@@ -264,8 +256,8 @@ def test_a_table_joins_forget_by_one_traces_entry_with_its_child_tables(
     pipeline.run([
         dlt.resource([{"project_id": 1, "id": i, "scanner_id": "scanner-1", "session_id": s, "distinct_id": d,
                        "recording_subject_email": e} for i, s, d, e, _ in rows], name="vision_observations"),
-        dlt.resource([{"project_id": 1, "vision_observation_id": i, "position": n, "tag": f"tag{n}"}
-                      for i, *_ in rows for n in range(2)], name="vision_observations__tags"),
+        dlt.resource([{"project_id": 1, "scanner_id": "scanner-1", "session_id": s, "position": n, "tag": f"tag{n}"}
+                      for _, s, *_ in rows for n in range(2)], name="vision_observations__tags"),
         dlt.resource([{"project_id": 1, "playlist_id": 7, "session_id": s} for s in (mine[0], other["id"])],
                      name="session_recording_playlist_items"),
     ], loader_file_format="parquet")
@@ -280,7 +272,7 @@ def test_a_table_joins_forget_by_one_traces_entry_with_its_child_tables(
             return {v for (v,) in con.execute(f"SELECT {column} FROM {source(table)}").fetchall()}
 
         assert ids("vision_observations", "id") == {"o5"}
-        assert ids("vision_observations__tags", "vision_observation_id") == {"o5"}
+        assert ids("vision_observations__tags", "session_id") == {other["id"]}
         assert ids("session_recording_playlist_items", "session_id") == {other["id"]}
         assert not ids("session_recordings", "id") & set(mine) and other["id"] in ids("session_recordings", "id")
 

@@ -12,6 +12,7 @@ from fake_posthog import FakePostHog
 from pipelines.cli import main
 from pipelines.runner import SyncOptions, run_sync
 from sources.posthog import ENDPOINTS
+from sources.posthog.sync import state_cursor
 
 from .conftest import PROJECTS, query, sync
 
@@ -103,7 +104,7 @@ def test_status_shows_each_project_and_resource(
             continue
         assert row[2] == started and row[-1] == "ok"  # last success = this run
         assert f"{count:,}" in row
-        cursor = state[resource]["projects"][project].get("cursor")
+        cursor = state_cursor(state[resource]["projects"][project])
         if ENDPOINTS[resource].sync == "full":
             assert "full scan" in row
         else:

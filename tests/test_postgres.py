@@ -40,6 +40,8 @@ COMPARED = {  # a few columns per table whose values must equal the fake's
     "subscriptions": ("deleted", "target_type"),
     "property_definitions": ("name", "property_type"),
     "session_recording_playlists": ("short_id", "is_synthetic", "last_modified_at"),
+    "vision_scanners": ("name", "credits_this_month"),
+    "vision_observations": ("id", "status", "completed_at"),
 }
 _datasets = count(1)
 

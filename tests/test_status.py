@@ -22,6 +22,7 @@ from fake_posthog import FakePostHog
 from pipelines.cli import main
 from pipelines.runner import SyncOptions, run_sync
 from sources.posthog import ENDPOINTS
+from sources.posthog.sync import state_cursor, state_pending
 
 from .conftest import PROJECTS
 from .test_inspect import table_lines
@@ -86,8 +87,8 @@ def assert_status_matches(doc: dict[str, Any], truth: dict[str, Any], pipeline_n
         assert entry["unproven"] == last["unproven"] and entry["run"]["api_count"] == last["api_count"]
         assert {k: entry["run"][k] for k in COUNTERS} == {k: last[k] for k in COUNTERS}
         project_state = state[resource]["projects"].get(str(project_id), {})
-        assert entry["cursor"] == project_state.get("cursor")
-        assert entry["pending"] == len(project_state.get("pending") or ())
+        assert entry["cursor"] == state_cursor(project_state)
+        assert entry["pending"] == state_pending(project_state)
         assert entry["sync"] == ENDPOINTS[resource].sync
     in_newest = [r for r in truth["report"] if _utc(r["run_started_at"]) == newest]
     totals = doc["last_run"]

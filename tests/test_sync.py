@@ -24,8 +24,10 @@ COMPARED = {
     "subscriptions": ["id", "deleted", "title", "target_type"],
     "property_definitions": ["type", "group_type_index", "id", "name"],
     "session_recording_playlists": ["id", "short_id", "name", "type", "is_synthetic", "last_modified_at"],
+    "vision_scanners": ["id", "name", "scanner_type", "observations_this_month"],
+    "vision_observations": ["scanner_id", "session_id", "id", "status", "completed_at", "created_at"],
 }
-TIMESTAMPS = {"start_time", "end_time", "created_at", "started_at", "updated_at", "last_modified_at"}
+TIMESTAMPS = {"start_time", "end_time", "created_at", "started_at", "updated_at", "last_modified_at", "completed_at"}
 
 
 def _norm(column: str, value: Any) -> Any:

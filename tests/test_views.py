@@ -34,6 +34,9 @@ VIEW_COLUMNS = {
     "insight_subscriptions, ai_prompt_subscriptions",
     "v_property_definitions_by_type": "project_id, type, group_type_index, property_type, definitions, "
     "verified_definitions, virtual_definitions, hidden_definitions",
+    "v_vision_per_day": "project_id, day, scanner_id, scanner_type, sessions_observed, succeeded, failed, verdict_yes, "
+    "verdict_no, verdict_inconclusive, tagged_sessions, tags, mean_score",
+    "v_vision_tags_per_day": "project_id, day, scanner_id, tag, freeform, sessions",
 }
 
 
@@ -84,6 +87,26 @@ def expected_views(fake: FakePostHog, projects: Sequence[int] = PROJECTS) -> dic
             defs[(*key, "virtual")] += bool(d.get("virtual"))
             defs[(*key, "hidden")] += bool(d.get("hidden"))
 
+    vision: dict[tuple[Any, ...], list[Any]] = {}
+    tags: Counter[tuple[Any, ...]] = Counter()
+    for p in projects:
+        starts = {r["id"]: parse_time(r["start_time"]).date() for r in fake.truth(p, "session_recordings")}
+        kinds = {s["id"]: s["scanner_type"] for s in fake.truth(p, "vision_scanners")}
+        for o in fake.truth(p, "vision_observations"):
+            key, out = (p, starts.get(o["session_id"]), o["scanner_id"]), (o["scanner_result"] or {}).get(
+                "model_output") or {}
+            row = vision.setdefault(key, [kinds[o["scanner_id"]], 0, 0, 0, 0, 0, 0, 0, 0, []])
+            given = out.get("tags") or []
+            for i, n in enumerate((1, o["status"] == "succeeded", o["status"] == "failed", out.get("verdict") == "yes",
+                                   out.get("verdict") == "no", out.get("verdict") == "inconclusive", bool(given),
+                                   len(given)), start=1):
+                row[i] += n
+            if out.get("score") is not None:
+                row[9].append(out["score"])
+            for freeform, names in ((False, given), (True, out.get("tags_freeform") or [])):
+                for tag in names:
+                    tags[(*key, tag, freeform)] += 1
+
     def errors(rows: list[dict[str, Any]]) -> int:
         return sum(1 for r in rows if r["console_error_count"] > 0)
 
@@ -111,6 +134,9 @@ def expected_views(fake: FakePostHog, projects: Sequence[int] = PROJECTS) -> dic
             (*key[:4], n, defs[(*key[:4], "verified")], defs[(*key[:4], "virtual")], defs[(*key[:4], "hidden")])
             for key, n in defs.items() if key[4] == "all"
         ]),
+        "v_vision_per_day": _rows([(*key, *row[:9], statistics.fmean(row[9]) if row[9] else None)
+                                   for key, row in vision.items()]),
+        "v_vision_tags_per_day": _rows([(*key, n) for key, n in tags.items()]),
     }
 
 

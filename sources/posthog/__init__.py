@@ -98,7 +98,8 @@ def posthog_source(
     report: SyncReport | None = None,
 ) -> list[DltResource]:
     """PostHog session recordings, group summaries, desktop recordings, subscriptions, property
-    definitions and recording playlists of one or more projects, synced incrementally.
+    definitions, recording playlists and Replay Vision scanners and observations of one or more projects,
+    synced incrementally.
 
     Every setting argument (see `PostHogSettings`) is resolved by dlt: given here, else
     `SOURCES__POSTHOG__<NAME>`, else `[sources.posthog]` in `.dlt/*.toml`, else the default.

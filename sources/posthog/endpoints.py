@@ -29,13 +29,15 @@ USER: ColumnType = "json"  # PostHog's nested user objects (created_by, updated_
 class Child:
     """A list inside a row that lands as its own child table, one row per element.
 
-    Rows are keyed by (project_id, <parent>_id, position): list elements have no ids of their own
-    (desktop transcript segments, §7.3), so the position is their identity. Each sync replaces all
-    child rows of every parent it loads.
+    Rows are keyed by (project_id, <parent>_id, position), or by the parent's own key columns plus
+    position where that key is not `id` (a Replay Vision retry gives the row a new id, §7.6): list
+    elements have no ids of their own (desktop transcript segments, §7.3), so the position is their
+    identity. Each sync replaces all child rows of every parent it loads.
     """
 
     columns: Mapping[str, ColumnType]
     scalar: str | None = None  # set for lists of plain values: the column the value lands in
+    path: str | None = None  # dotted path to a list nested in the row (default: the top-level field)
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,15 @@ class Endpoint:
     def tables(self) -> tuple[str, ...]:
         """The tables this endpoint's resource loads (child tables aside): its own and its members'."""
         return (self.name, *((self.members.endpoint.name,) if self.members else ()))
+    # columns lifted out of nested objects: column -> dotted path into the row (list them in `derived`)
+    lifted: Mapping[str, str] = field(default_factory=dict)
+    # watermark lists read once per row of a parent listing, whose `id` fills the `:<name>` placeholder
+    # in `path` (observations per scanner, §7.6); the reader lists the parent itself, and each parent
+    # keeps its own cursor
+    parent: Endpoint | None = None
+    # watermark: re-read the rows not final at the last sync through this csv list filter, naming the
+    # row field it takes (observations' `session_id`, §7.6); None re-reads each by `<path>/<id>/`
+    reread_by: str | None = None
 
     @property
     def ascending(self) -> bool:
@@ -471,10 +482,120 @@ PLAYLISTS = Endpoint(
     },
 )
 
+VISION_SCANNERS = Endpoint(
+    name="vision_scanners",
+    path="vision/scanners",
+    paging="drf",
+    # no date filter and hard deletes (§7.6): a full scan (a few rows), and a scanner gone from a proven
+    # listing is deleted
+    sync="full",
+    primary_key=("id",),
+    delete_missing=True,
+    columns={
+        "id": "text",
+        "name": "text",
+        "description": "text",
+        "scanner_type": "text",
+        "scanner_config": "json",
+        "query": "json",
+        "sampling_rate": "double",
+        "sampling_mode": "text",
+        "provider": "text",
+        "model": "text",
+        "enabled": "bool",
+        "emits_signals": "bool",
+        "scanner_version": "bigint",
+        # the counters move without updated_at (§7.6): every full scan refreshes them
+        "estimated_monthly_observations": "bigint",
+        "credits_per_observation": "bigint",
+        "estimated_monthly_credits": "bigint",
+        "credits_this_month": "bigint",
+        "observations_this_month": "bigint",
+        "last_swept_at": "timestamp",
+        "created_at": "timestamp",
+        "created_by": USER,
+        "updated_at": "timestamp",
+        "feedback_themes": "json",
+        "user_access_level": "text",
+    },
+)
+
+# the parts of an observation whose shape is fixed per scanner type (`model_output`, §7.6), as columns
+_OUTPUT = "scanner_result.model_output"
+_RESULT_COLUMNS: dict[str, tuple[str, ColumnType]] = {
+    "scanner_type": ("scanner_snapshot.scanner_type", "text"),
+    "scanner_name": ("scanner_snapshot.name", "text"),
+    "scanner_version": ("scanner_snapshot.scanner_version", "bigint"),
+    "signals_count": ("scanner_result.signals_count", "bigint"),
+    "result_confidence": (f"{_OUTPUT}.confidence", "double"),
+    "result_verdict": (f"{_OUTPUT}.verdict", "text"),  # monitor
+    "result_score": (f"{_OUTPUT}.score", "double"),  # scorer
+    "result_label": (f"{_OUTPUT}.label", "text"),  # scorer
+    "result_title": (f"{_OUTPUT}.title", "text"),  # summarizer
+    "result_summary": (f"{_OUTPUT}.summary", "text"),
+    "result_intent": (f"{_OUTPUT}.intent", "text"),
+    "result_outcome": (f"{_OUTPUT}.outcome", "text"),
+    "result_reasoning": (f"{_OUTPUT}.reasoning", "text"),  # monitor, classifier, scorer
+    "label_is_correct": ("label.is_correct", "bool"),  # a user's feedback on the result
+    "label_feedback": ("label.feedback", "text"),
+}
+
+VISION_OBSERVATIONS = Endpoint(
+    name="vision_observations",
+    path="vision/scanners/:scanner_id/observations",
+    parent=VISION_SCANNERS,
+    paging="drf",
+    # no date filter, newest first (`-created_at, id`, §7.6): page back to the watermark, then re-read
+    # the observations not final at the last sync
+    sync="watermark",
+    cursor="created_at",
+    final_statuses=("succeeded", "failed", "ineligible"),
+    reread_by="session_id",
+    # one observation per (scanner, session): a retry deletes the failed row and makes a new one with
+    # a new id for the same session (§7.6), which must replace it here
+    primary_key=("scanner_id", "session_id"),
+    # `recording_subject_email` is the recorded person's email (PII, §7.6)
+    traces=Traces(distinct_ids=("distinct_id",), emails=("recording_subject_email",), sessions=("session_id",)),
+    lifted={name: path for name, (path, _) in _RESULT_COLUMNS.items()},
+    derived=tuple(_RESULT_COLUMNS),
+    columns={
+        "id": "text",
+        "scanner_id": "text",
+        "session_id": "text",
+        "status": "text",
+        "error_reason": "text",
+        "workflow_id": "text",
+        "scanner_snapshot": "json",
+        "scanner_result": "json",
+        "triggered_by": "text",
+        "triggered_by_user": USER,
+        "distinct_id": "text",
+        "recording_subject_email": "text",
+        "previous_observation_id": "text",
+        "next_observation_id": "text",
+        "label": "json",
+        "started_at": "timestamp",
+        "completed_at": "timestamp",
+        "created_at": "timestamp",
+        **{name: ctype for name, (_, ctype) in _RESULT_COLUMNS.items()},
+    },
+    children={
+        "tags": Child({"tag": "text"}, scalar="tag", path=f"{_OUTPUT}.tags"),  # classifier
+        "tags_freeform": Child({"tag": "text"}, scalar="tag", path=f"{_OUTPUT}.tags_freeform"),
+        "friction_points": Child({"friction_point": "text"}, scalar="friction_point",  # summarizer
+                                 path=f"{_OUTPUT}.friction_points"),
+        "keywords": Child({"keyword": "text"}, scalar="keyword", path=f"{_OUTPUT}.keywords"),
+    },
+)
+
 # Every reader yields each key at most once per run (see sync.py), so dlt can skip de-duplicating its
 # staging data: the most expensive step of a large merge.
 MERGE = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
 
 ENDPOINTS: dict[str, Endpoint] = {
-    e.name: e for e in (RECORDINGS, SUMMARIES, DESKTOP, SUBSCRIPTIONS, PROPERTY_DEFINITIONS, PLAYLISTS)
+    e.name: e
+    for e in (
+        RECORDINGS, SUMMARIES, DESKTOP, SUBSCRIPTIONS, PROPERTY_DEFINITIONS, PLAYLISTS, VISION_SCANNERS,
+        VISION_OBSERVATIONS,
+    )
 }

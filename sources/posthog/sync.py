@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -97,6 +97,24 @@ def parent_column(endpoint: Endpoint) -> str:
     return f"{endpoint.name.removesuffix('s')}_id"
 
 
+def parent_key(endpoint: Endpoint) -> dict[str, str]:
+    """The columns in child tables that point to the parent row, each with the parent field it holds:
+    `<parent>_id` for a parent keyed by `id`, else the parent's own key columns (see `Child`)."""
+    if endpoint.primary_key == ("id",):
+        return {parent_column(endpoint): "id"}
+    return {name: name for name in endpoint.primary_key}
+
+
+def dig(row: ROW, path: str) -> Any:
+    """The value at a dotted path into a row's nested objects, None where any step is missing."""
+    value: Any = row
+    for step in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(step)
+    return value
+
+
 def emit(job: Job, ctx: Context, rows: list[ROW]) -> Iterator[Any]:
     """Yield one page as Arrow: the endpoint's table and one table per child list."""
     yield from page_items(job, ctx, rows)[1]
@@ -107,6 +125,8 @@ def page_items(job: Job, ctx: Context, rows: list[ROW]) -> tuple[pa.Table | None
     if not rows:
         return None, []
     endpoint = job.endpoint
+    for row in rows if endpoint.lifted else ():
+        row.update((name, dig(row, path)) for name, path in endpoint.lifted.items())
     stored = ctx.stored.types if ctx.stored else None
     columns: dict[str, ColumnType] = {"project_id": "bigint", **endpoint.column_types(stored)}
     if endpoint.delete_missing:
@@ -130,24 +150,25 @@ def page_items(job: Job, ctx: Context, rows: list[ROW]) -> tuple[pa.Table | None
             table, dlt.mark.make_hints(table_name=endpoint.name, columns=hints), create_table_variant=True
         )
     ]
-    parent = parent_column(endpoint)
+    parent = parent_key(endpoint)
     for name, child in endpoint.children.items():
-        columns = {"project_id": "bigint", parent: "text", "position": "bigint", **child.columns}
+        columns = {"project_id": "bigint", **{c: endpoint.columns.get(f, "text") for c, f in parent.items()},
+                   "position": "bigint", **child.columns}
         values: list[ROW] = []
         for row in rows:
-            for position, element in enumerate(row.get(name) or ()):
+            for position, element in enumerate((dig(row, child.path) if child.path else row.get(name)) or ()):
                 value = {child.scalar: element} if child.scalar else dict(element)
                 value.update(project_id=row["project_id"], position=position)
-                value[parent] = row["id"]
+                value.update((column, row[f]) for column, f in parent.items())
                 values.append(value)
         if not values:
             continue
-        key = ("project_id", parent, "position")
+        key = ("project_id", *parent, "position")
         hints = dlt.mark.make_hints(
             table_name=child_table(endpoint, name),
             write_disposition=MERGE,  # type: ignore[arg-type]
             # a parent's rows are replaced as a whole: list elements have no ids of their own
-            merge_key=["project_id", parent],
+            merge_key=["project_id", *parent],
             primary_key=list(key),
             columns=dlt_columns(columns, key),
         )
@@ -466,33 +487,87 @@ def _reread(job: Job, ctx: Context, rows: list[ROW], starts: Mapping[str, int] |
 
 
 def read_watermark(job: Job, ctx: Context) -> Iterator[Any]:
-    """Client-side incremental for lists with no date filter, newest first (desktop recordings, §7.3).
+    """Client-side incremental for lists with no date filter, newest first (desktop recordings §7.3,
+    Replay Vision observations §7.6).
 
     Pages until rows are older than the cursor minus the lookback, then re-reads the records that
-    were not final at the last sync, so transcripts and summaries completed later still land.
+    were not final at the last sync, so transcripts, summaries and scanner results completed later still
+    land. An endpoint with a `parent` is one such list per parent row (per scanner), each with its own
+    cursor; the parent listing is read first, and a parent gone from it takes its state along.
     """
-    endpoint, run, state = job.endpoint, job.run, job.state
+    endpoint = job.endpoint
+    if endpoint.parent is None:
+        yield from _watermark(job, ctx, job.path, job.state)
+        return
+    parent = Job(endpoint.parent, job.project_id, job.run)
+    try:
+        listing = _full_listing(parent, ctx, dict(endpoint.parent.params))
+    except BudgetExhausted as error:
+        _stopped(job.run, error)  # nothing read: every parent keeps its state
+        return
+    if listing.error is not None:  # a parent missed would lose its rows' updates: try again next run
+        job.run.status, job.run.reason = "incomplete", listing.error
+    stored: dict[str, dict[str, Any]] = job.state.get("parents", {})
+    placeholder = ":" + endpoint.path.split(":", 1)[1].split("/", 1)[0]
+    states: dict[str, dict[str, Any]] = {}
+    for ident in sorted(listing.rows, key=str):
+        state = dict(stored.get(str(ident), {}))
+        try:
+            done = yield from _watermark(job, ctx, job.path.replace(placeholder, str(ident)), state)
+        except ResourceUnavailable as error:
+            if error.status != 404:
+                raise
+            logger.info("%s: %s %s vanished while syncing; skipped", endpoint.name, endpoint.parent.name, ident)
+            continue
+        states[str(ident)] = state
+        if not done:  # the rate budget ran out: the parents not read yet keep their state
+            states.update((k, v) for k, v in stored.items() if k not in states)
+            break
+    if not listing.proven:  # a parent not seen may still exist
+        states.update((k, v) for k, v in stored.items() if k not in states)
+    job.state["parents"] = states
+
+
+def state_cursor(state: Mapping[str, Any]) -> str | None:
+    """A project's cursor in its resource state: its own, or the newest of its parents' (`Endpoint.parent`)."""
+    cursors = [part.get("cursor") for part in (state.get("parents") or {}).values()]
+    return state.get("cursor") or max(filter(None, cursors), default=None)
+
+
+def state_pending(state: Mapping[str, Any]) -> int:
+    """How many rows a project's resource state holds for re-reading, its parents' included."""
+    parts = [state, *(state.get("parents") or {}).values()]
+    return sum(len(part.get("pending") or ()) for part in parts)
+
+
+def _watermark(job: Job, ctx: Context, path: str, state: dict[str, Any]) -> Generator[Any, None, bool]:
+    """One newest-first list read back to `state`'s cursor minus the lookback, plus the re-reads of its
+    rows not final at the last sync; updates `state` and returns False when the rate budget stopped it."""
+    endpoint, run = job.endpoint, job.run
     assert endpoint.cursor
     cursor = state.get("cursor")
     threshold = parse_time(cursor) - ctx.lookback if cursor else None
     newest = parse_time(cursor) if cursor else None
+    ident = endpoint.reread_by or "id"
     seen: set[Any] = set()
-    pending: list[str] = []
+    read: set[Any] = set()  # the `ident` of every row read in this run
+    pending: list[Any] = []
 
     def track(rows: list[ROW]) -> list[ROW]:
         nonlocal newest
         for row in rows:
             row["project_id"] = job.project_id
+            read.add(row.get(ident))
             if row.get("status") not in endpoint.final_statuses:
-                pending.append(row["id"])
+                pending.append(row[ident])
             if row.get(endpoint.cursor):
                 started = parse_time(row[endpoint.cursor])
                 newest = started if newest is None or started > newest else newest
         return rows
 
+    params = {**endpoint.params, "limit": ctx.page_size(endpoint)}
     try:
-        params = {**endpoint.params, "limit": ctx.page_size(endpoint)}
-        for rows, _ in ctx.client.pages(job.path, params, endpoint.paging, job=job):
+        for rows, _ in ctx.client.pages(path, params, endpoint.paging, job=job):
             ctx.report.fetched(run, len(rows))
             recent = [
                 r for r in rows
@@ -501,18 +576,32 @@ def read_watermark(job: Job, ctx: Context) -> Iterator[Any]:
             yield from emit(job, ctx, track(_dedupe(recent, seen, endpoint.primary_key)))
             if len(recent) < len(rows):
                 break  # ordered newest first: everything after this is older still
-        again = [i for i in state.get("pending", []) if (i,) not in seen]
-        refetched = _fetch_details(job, ctx, [{"id": i} for i in again])
+        again = [i for i in state.get("pending", []) if i not in read]
+        refetched = _reread_pending(job, ctx, path, again, params)
         ctx.report.fetched(run, len(refetched))
         yield from emit(job, ctx, track(_dedupe(refetched, seen, endpoint.primary_key)))
     except BudgetExhausted as error:
         # what was read is kept; the cursor stays so the next run scans this window again
         _stopped(run, error)
-        state["pending"] = sorted({*state.get("pending", []), *pending})
-        return
+        state["pending"] = sorted({*state.get("pending", []), *pending}, key=str)
+        return False
     if newest is not None:
         state["cursor"] = iso(newest)
     state["pending"] = pending
+    return True
+
+
+def _reread_pending(job: Job, ctx: Context, path: str, idents: list[Any], params: dict[str, Any]) -> list[ROW]:
+    """The rows not final at the last sync, read again: by the endpoint's csv list filter (`reread_by`),
+    else one `/:id/` each. A row no longer there (deleted, or replaced by a retry) is left out."""
+    reread_by = job.endpoint.reread_by
+    if reread_by is None:
+        return _fetch_details(job, ctx, [{"id": i} for i in idents])
+    rows: list[ROW] = []
+    for start in range(0, len(idents), REREAD_BATCH):
+        batch = {**params, reread_by: ",".join(str(i) for i in idents[start : start + REREAD_BATCH])}
+        rows.extend(r for page, _ in ctx.client.pages(path, batch, job.endpoint.paging, job=job) for r in page)
+    return rows
 
 
 def _scans(job: Job, ctx: Context) -> list[dict[str, Any]]:
@@ -559,7 +648,7 @@ def read_full(job: Job, ctx: Context) -> Iterator[Any]:
                 run.status, run.reason = "incomplete", listing.error
             if endpoint.delete_missing:
                 name = "/".join(str(v) for v in scan.values())
-                if "listing" in endpoint.primary_key:
+                if "listing" in endpoint.primary_key:  # a key column naming the scan (property definitions)
                     tags["listing"] = name
                 before, now = set(stored.get(name, ())), set(listing.rows)
                 # only a proven listing shows a row is gone; an unproven one keeps what it did not see
@@ -574,7 +663,8 @@ def read_full(job: Job, ctx: Context) -> Iterator[Any]:
         return
     run.api_count = api_count
     for name in stored.keys() - kept.keys():  # a listing no longer scanned (a group type removed)
-        gone.extend({"listing": name, "id": i, "project_id": project_id, DELETED: True} for i in stored[name])
+        listing_tag = {"listing": name} if "listing" in endpoint.primary_key else {}
+        gone.extend({**listing_tag, "id": i, "project_id": project_id, DELETED: True} for i in stored[name])
     rows = list(rows_by_key.values())
     members = _read_members(job, ctx, rows, [row["id"] for row in gone]) if endpoint.members else []
     for start in range(0, len(rows), 5000):
