@@ -91,8 +91,9 @@ def test_synced_recordings_equal_the_dict_path_row_for_row(
     assert len(ours) == len(rows) == 3000
     assert differences(ours, generic) == []
     # every column carries values somewhere, so no column is compared only as nulls
-    # (`storage` is an older servers' field; the snapshot placeholders are stored null, §7.1)
-    unfilled = {"storage", *RECORDINGS.list_placeholders}
+    # (`storage` is an older servers' field; the snapshot placeholders are stored null, §7.1; no
+    # recording was deleted, so none carries a deletion mark)
+    unfilled = {"storage", *RECORDINGS.list_placeholders, RECORDINGS.deleted_mark}
     assert all(any(row[i] is not None for row in ours) for i, name in enumerate(COLUMNS) if name not in unfilled)
     # the comparison does see a single changed value
     changed = [*generic[:17], (*generic[17][:5], (generic[17][5] or 0) + 1, *generic[17][6:]), *generic[18:]]
