@@ -19,7 +19,9 @@ every destination work as for any load. A row PostHog lists again is loaded from
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +35,8 @@ from sources.posthog.endpoints import MERGE
 from sources.posthog.errors import BudgetExhausted, ResourceUnavailable
 from sources.posthog.report import REPORT_COLUMNS, REPORT_TABLE, Job, ResourceRun
 from sources.posthog.sync import REREAD_BATCH, _reread, iso, parse_time
+
+from .parquet import _connect, _quote, _urls
 
 logger = logging.getLogger("posthog_export")
 
@@ -74,11 +78,11 @@ def mark_deletions(
     had = _saved_progress(pipeline, name)
     saved = {} if restart else had
     projects: dict[int, _Project] = {}
-    with pipeline.dataset() as data:
-        sql = data.sql_client
-        if endpoint.name not in data.schema.tables:
+    with _sql_client(pipeline) as sql:
+        schema = pipeline.default_schema
+        if endpoint.name not in schema.tables:
             return False
-        types = {n: c.get("data_type") for n, c in data.schema.get_table_columns(endpoint.name).items()}
+        types = {n: c.get("data_type") for n, c in schema.get_table_columns(endpoint.name).items()}
         stored = _Stored(sql, endpoint, types)
         if column not in stored.columns:
             return False
@@ -214,6 +218,48 @@ def _gone(job: Job, ctx: Any, batch: list[tuple[str, datetime]]) -> list[str]:
                 raise
             gone.append(ident)
     return gone
+
+
+@contextmanager
+def _sql_client(pipeline: Any) -> Iterator[Any]:
+    """A SQL client over the stored tables: the destination's own, or on a bucket one over the tables'
+    compacted Parquet files (dlt's filesystem client cannot open a remote bucket's secret on DuckDB 2.0)."""
+    if str(pipeline.destination.destination_type).rsplit(".", 1)[-1] != "filesystem":
+        with pipeline.dataset() as data:
+            yield data.sql_client
+        return
+    with pipeline.destination_client() as client, tempfile.TemporaryDirectory() as spill:
+        con = _connect(client.fs_client, spill)
+        try:
+            yield _ParquetSql(con, client.fs_client, client.get_table_dir)
+        finally:
+            con.close()
+
+
+@dataclass
+class _ParquetSql:
+    """What `_Stored` asks of a dlt SQL client, answered by DuckDB over a table folder's Parquet files."""
+
+    con: Any
+    fs: Any
+    folder: Callable[[str], str]
+
+    def make_qualified_table_name(self, name: str) -> str:
+        """A view over the table's files (run after compaction: they hold its current rows once)."""
+        folder = self.folder(name).rstrip("/")
+        self.fs.invalidate_cache(folder)  # a bucket's listing may be cached from before the compaction
+        files = _urls(self.fs, sorted(self.fs.glob(f"{folder}/*.parquet")))
+        self.con.execute(f"CREATE OR REPLACE VIEW {_quote(name)} AS "
+                         f"SELECT * FROM read_parquet([{files}], union_by_name = true)")
+        return _quote(name)
+
+    def escape_column_name(self, name: str) -> str:
+        """A quoted identifier."""
+        return _quote(name)
+
+    def execute_sql(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Rows of a query with `%s` parameters, as dlt's clients take them."""
+        return self.con.execute(sql.replace("%s", "?"), list(args)).fetchall()
 
 
 class _Stored:
