@@ -321,6 +321,9 @@ def run_sync(
     `console` (default stderr) shows the live display when it is a terminal.
     """
     settings = options.settings()
+    marked = [e.name for e in ENDPOINTS.values() if e.deleted_mark]
+    if options.verify_deletions and not set(marked) & set(options.resources):
+        raise UsageError(f"--verify-deletions checks {', '.join(marked)}: add it to --resources")
     destination = _destination(options)
     with exclusive(options):
         client = settings.client(transport, clock)

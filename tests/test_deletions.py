@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from fake_posthog import FakePostHog
 from pipelines import runner
 from pipelines.cli import build_parser, sync_options
-from pipelines.runner import SyncOptions, SyncResult, run_sync
+from pipelines.runner import SyncOptions, SyncResult, UsageError, run_sync
 from tests.conftest import NOW, PROJECTS, SERVERS, both_servers, query
 from tests.test_postgres import cli_sync, pg_query
 from tests.test_postgres import pg as pg  # noqa: F401  (fixtures)
@@ -309,3 +309,9 @@ def test_the_cli_flag_reaches_the_sync_options() -> None:
     parse = build_parser().parse_args
     assert sync_options(parse(["sync", "--project-id", "1", "--verify-deletions"])).verify_deletions is True
     assert sync_options(parse(["sync", "--project-id", "1"])).verify_deletions is False
+
+
+def test_verify_deletions_without_the_recordings_resource_is_a_usage_error(options: SyncOptions) -> None:
+    options.resources, options.verify_deletions = ["subscriptions"], True
+    with pytest.raises(UsageError, match="--verify-deletions checks session_recordings: add it to --resources"):
+        run_sync(options)
