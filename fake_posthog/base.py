@@ -90,6 +90,17 @@ def _parse_when(v: object, now_us: int) -> int | None:
     return None if v == "all" else _to_us(datetime.fromisoformat(v))
 
 
+def _date_bounds(params: dict[str, str], now_us: int) -> tuple[int | None, int | None] | tuple[int, Any]:
+    """(`date_from`, `date_to`) as epoch µs, None where not sent; a 400 answer (status, body) if one is invalid."""
+    bounds = []
+    for k in ("date_from", "date_to"):
+        try:
+            bounds.append(_parse_when(params[k], now_us) if k in params else None)
+        except ValueError:
+            return _invalid(f"Invalid date: {params[k]}", k)
+    return bounds[0], bounds[1]
+
+
 def _err(type_: str, code: str, detail: str, attr: str | None = None) -> dict[str, Any]:
     return {"type": type_, "code": code, "detail": detail, "attr": attr}
 

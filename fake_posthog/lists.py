@@ -13,13 +13,13 @@ from .base import (
     US,
     State,
     _cdiv,
+    _date_bounds,
     _hh,
     _invalid,
     _iso,
     _iso_us,
     _mix,
     _oid,
-    _parse_when,
     _uuid,
     parse_iso_s,
 )
@@ -219,12 +219,9 @@ class Lists(State):
         return self._shaped("session_group_summaries", row, detail) | self._extra["session_group_summaries"]
 
     def _summaries(self, p: int, params: dict[str, str]) -> tuple[Any, Any]:
-        bounds = []
-        for k in ("date_from", "date_to"):
-            try:
-                bounds.append(_parse_when(params[k], self._now_us) if k in params else None)
-            except ValueError:
-                return _invalid(f"Invalid date: {params[k]}", k)
+        bounds = _date_bounds(params, self._now_us)
+        if isinstance(bounds[1], dict):  # an invalid date: the 400 answer
+            return bounds
         lo, hi = bounds  # both strict, on created_at
         keys = [j for j in range(self._n_summaries(self._now_us) - 1, -1, -1)
                 for c in (self._summary_created_us(j),) if (lo is None or c > lo) and (hi is None or c < hi)]

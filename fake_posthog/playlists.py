@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from .base import US, State, _hh, _invalid, _iso_us, _parse_when, _uuid
+from .base import US, State, _date_bounds, _hh, _iso_us, _uuid
 from .lists import _drf_body, _n_before
 
 YEAR_US = 365 * 86400 * US
@@ -237,12 +237,9 @@ class Playlists(State):
         return 200, self._playlist_recordings(p, row, params)
 
     def _playlists_list(self, p: int, params: dict[str, str], url: Callable[..., str]) -> tuple[int, Any]:
-        bounds = []
-        for k in ("date_from", "date_to"):
-            try:
-                bounds.append(_parse_when(params[k], self._now_us) if k in params else None)
-            except ValueError:
-                return _invalid(f"Invalid date: {params[k]}", k)
+        bounds = _date_bounds(params, self._now_us)
+        if isinstance(bounds[1], dict):  # an invalid date: the 400 answer
+            return bounds
         lo, hi = bounds
         rows = []
         for r in self._pls[p]:

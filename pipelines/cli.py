@@ -96,11 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--max-width", type=int, default=60, help="cut longer values, 0 for never (default 60)")
     sql.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
     status = commands.add_parser("status", help="per project and resource: last sync, cursor, rows, problems")
-    status.add_argument("--destination", default="duckdb",
-                        help="the destination `sync` wrote to: duckdb (default), parquet, or a dlt destination name")
-    status.add_argument("--output", help=f"DuckDB file or Parquet folder (default {DEFAULT_OUTPUT})")
-    status.add_argument("--dataset", default="posthog", help="dataset (schema) name (default posthog)")
-    status.add_argument("--pipeline-name", default="posthog", help="dlt pipeline name (default posthog)")
+    _written_by_sync(status)
     status.add_argument("--json", action="store_true", help="print one JSON document (keys in README.md)")
     status.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
     forget = commands.add_parser(
@@ -118,13 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--project-id", action="append", dest="project_ids", type=int, metavar="ID",
                         help="only in this project, repeatable (default: every project in the dataset)")
     forget.add_argument("--dry-run", action="store_true", help="count what would be removed; change nothing")
-    forget.add_argument("--destination", default="duckdb",
-                        help="the destination `sync` wrote to: duckdb (default), parquet, or a dlt destination name")
-    forget.add_argument("--output", help=f"DuckDB file or Parquet folder (default {DEFAULT_OUTPUT})")
-    forget.add_argument("--dataset", default="posthog", help="dataset (schema) name (default posthog)")
-    forget.add_argument("--pipeline-name", default="posthog", help="dlt pipeline name (default posthog)")
+    _written_by_sync(forget)
     forget.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
     return parser
+
+
+def _written_by_sync(command: argparse.ArgumentParser) -> None:
+    """The flags naming what an earlier `sync` wrote: destination, output, dataset, pipeline."""
+    command.add_argument("--destination", default="duckdb",
+                         help="the destination `sync` wrote to: duckdb (default), parquet, or a dlt destination name")
+    command.add_argument("--output", help=f"DuckDB file or Parquet folder (default {DEFAULT_OUTPUT})")
+    command.add_argument("--dataset", default="posthog", help="dataset (schema) name (default posthog)")
+    command.add_argument("--pipeline-name", default="posthog", help="dlt pipeline name (default posthog)")
 
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
