@@ -115,12 +115,18 @@ def test_deleted_in_the_window_are_marked_by_the_next_sync(
     assert marked(options) == set(recent), "a mark stays while PostHog does not list the row"
 
 
-def test_an_incomplete_sync_marks_nothing(fake: FakePostHog, options: SyncOptions) -> None:
+def sync_then_delete_the_newest(options: SyncOptions, fake: FakePostHog) -> str:
+    """Sync, then delete project 1's newest recording in PostHog and let ten minutes pass; its id."""
     run(options, fake)
     times = starts(fake)
     ident = max(times, key=times.__getitem__)
     fake.delete_recording(1, ident)
     fake.advance(600)
+    return ident
+
+
+def test_an_incomplete_sync_marks_nothing(fake: FakePostHog, options: SyncOptions) -> None:
+    ident = sync_then_delete_the_newest(options, fake)
     # one listing request a minute and no waiting: the window's second page is not read
     options.rate_limit_plan, options.rate_limits, options.max_wait_s = "free", {"recordings_list": [1, 100]}, 0.5
     options.resources, options.page_sizes = ["session_recordings"], {"session_recordings": 10}
@@ -133,11 +139,7 @@ def test_an_incomplete_sync_marks_nothing(fake: FakePostHog, options: SyncOption
 
 
 def test_a_first_sync_marks_nothing(fake: FakePostHog, options: SyncOptions) -> None:
-    run(options, fake)
-    times = starts(fake)
-    ident = max(times, key=times.__getitem__)
-    fake.delete_recording(1, ident)
-    fake.advance(600)
+    ident = sync_then_delete_the_newest(options, fake)
     options.pipeline_name = "another"  # no state of its own: a first sync over rows already stored
     result = run(options, fake)
     assert ident in stored(options) and not marked(options)
@@ -145,11 +147,7 @@ def test_a_first_sync_marks_nothing(fake: FakePostHog, options: SyncOptions) -> 
 
 
 def test_a_listed_again_row_loses_its_mark(fake: FakePostHog, options: SyncOptions) -> None:
-    run(options, fake)
-    times = starts(fake)
-    ident = max(times, key=times.__getitem__)
-    fake.delete_recording(1, ident)
-    fake.advance(600)
+    ident = sync_then_delete_the_newest(options, fake)
     run(options, fake)
     assert marked(options) == {ident}
     fake.restore_recording(1, ident)  # missing from one listing only (a lagging replica)
