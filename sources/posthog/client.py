@@ -143,8 +143,11 @@ class PostHogClient:
         error = retry_state.outcome.exception() if retry_state.outcome else None
         logger.warning("%s; retrying in %.0f s", error, wait)
 
-    def get(self, path: str, params: Mapping[str, Any] | None = None, job: Job | None = None) -> Any:
-        """GET a path under the host and return the decoded JSON body.
+    def get(
+        self, path: str, params: Mapping[str, Any] | None = None, job: Job | None = None,
+        decode: Callable[[bytes], Any] | None = None,
+    ) -> Any:
+        """GET a path under the host and return the decoded JSON body (by `decode` where it returns one).
 
         5xx answers, transport errors and broken bodies are retried up to `max_attempts`; 429s are not
         attempts: they are waited out (the whole key waits) for up to `max_wait_s` in all per request.
@@ -152,7 +155,7 @@ class PostHogClient:
         discovery, probes) count on the totals only.
         """
         retrying = self._retrying.copy(before_sleep=partial(self._before_sleep, job))
-        return retrying(self._get_once, path, dict(params or {}), Throttled(), job)
+        return retrying(self._get_once, path, dict(params or {}), Throttled(), job, decode)
 
     def _pace(self, path: str, now: float, job: Job | None) -> float:
         """Wait until the key's buckets would allow GET `path`; returns the time waited until."""
@@ -198,6 +201,9 @@ class PostHogClient:
                 except (httpx.TransportError, httpx.DecodingError) as error:
                     raise TransientError(f"{where}: {type(error).__name__}: {error}") from error
                 self._note_date(response)
+                # the read response and its stream point at each other: without this the page's bytes wait
+                # for a full garbage collection, which decoding into untracked structs seldom triggers
+                response.stream = httpx.ByteStream(b"")
                 if response.status_code != 429:
                     with self._lock:
                         self.pacer.answered(buckets, now)
@@ -205,13 +211,18 @@ class PostHogClient:
                 # still holding the slot: no other request goes out before the key knows of this 429
                 self._throttled(response, path, where, now, throttled, job)
 
-    def _get_once(self, path: str, params: dict[str, Any], throttled: Throttled, job: Job | None) -> Any:
+    def _get_once(
+        self, path: str, params: dict[str, Any], throttled: Throttled, job: Job | None,
+        decode: Callable[[bytes], Any] | None = None,
+    ) -> Any:
         where = f"GET {path}" + (f"?{httpx.QueryParams(params)}" if params else "")
         response = self._send(path, params, where, throttled, job)
         error = error_for(response, where, self.host, project=job.project_id if job else None,
                           too_big=job is not None and job.endpoint.too_big, project_token=self._project_token)
         if error is not None:
             raise error
+        if decode is not None and (body := decode(response.content)) is not None:
+            return body
         try:
             return orjson.loads(response.content)
         except orjson.JSONDecodeError as error:
@@ -242,11 +253,13 @@ class PostHogClient:
 
     def pages(
         self, path: str, params: Mapping[str, Any], shape: str, limits: QueryLimits | None = None,
-        job: Job | None = None,
+        job: Job | None = None, decode: Callable[[bytes], Any] | None = None,
     ) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
-        """Yield (rows, body) for every page of a list (see `paging.pages`), each request counted on `job`."""
+        """Yield (rows, body) for every page of a list (see `paging.pages`), each request counted on `job`;
+        `decode` may decode a page's bytes itself (see `arrow.decode_page`)."""
         return paging.pages(
-            partial(self.get, job=job), path, params, shape, limits, partial(self._count, "retries", job)
+            partial(self.get, job=job, decode=decode), path, params, shape, limits,
+            partial(self._count, "retries", job),
         )
 
 

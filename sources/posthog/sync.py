@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,7 +21,7 @@ import dlt
 import orjson
 import pyarrow as pa
 
-from .arrow import Drift, dlt_columns, to_arrow
+from .arrow import ArrowRows, Drift, decode_page, dlt_columns, to_arrow
 from .client import PostHogClient
 from .endpoints import MERGE, ColumnType, Endpoint
 from .errors import BudgetExhausted, PagingError, PostHogError, QueryTooBig, ResourceUnavailable, TransientError
@@ -131,9 +131,12 @@ def page_items(job: Job, ctx: Context, rows: list[ROW]) -> tuple[pa.Table | None
     columns: dict[str, ColumnType] = {"project_id": "bigint", **endpoint.column_types(stored)}
     if endpoint.delete_missing:
         columns[DELETED] = "bool"
-    table = to_arrow(
-        endpoint.name, rows, columns, drift=ctx.drift, evolve=ctx.evolve, elsewhere=endpoint.children
-    )
+    if isinstance(rows, ArrowRows):  # decoded straight into columns (see `_decoder`)
+        table = rows.table(job.project_id)
+    else:
+        table = to_arrow(
+            endpoint.name, rows, columns, drift=ctx.drift, evolve=ctx.evolve, elsewhere=endpoint.children
+        )
     for name in endpoint.list_placeholders:  # not the value: unknown until read by id (§7.1)
         i = table.schema.get_field_index(name)
         table = table.set_column(i, name, pa.nulls(table.num_rows, table.schema.field(i).type))
@@ -324,13 +327,15 @@ def _read_windows(
     failed: timedelta | None = None  # the narrowest window that was too big
     seen = _Seen(endpoint)
     previous: set[Any] = set()
+    decode = _decoder(endpoint, ctx)
     while True:
         params = {**endpoint.params, "date_from": lower, "limit": ctx.page_size(endpoint)}
         if upper is not None:
             params["date_to"] = iso(upper)
         last_start: str | None = None
         try:
-            for page, (rows, body) in enumerate(ctx.client.pages(job.path, params, endpoint.paging, limits, job)):
+            pages = ctx.client.pages(job.path, params, endpoint.paging, limits, job, decode)
+            for page, (rows, body) in enumerate(pages):
                 if page == 0 and upper is None and lower == date_from and isinstance(body.get("count"), int):
                     run.api_count = body["count"]
                 ctx.report.fetched(run, len(rows))
@@ -339,11 +344,15 @@ def _read_windows(
                     # keyset and `date_from` pages repeat rows already read (ties, sessions crossing the
                     # new `date_from` with a later start, §7.1): those are dropped
                     last_start = rows[-1].get(endpoint.cursor) if rows else last_start
-                    rows = seen.fresh(rows, last_start)
+                    rows = _kept(rows, seen.fresh(rows, last_start))
                 else:  # offset pages can repeat a row on a boundary; one page back is as far as a shift reaches
                     current: set[Any] = set()
-                    rows = [r for r in _dedupe(rows, current, endpoint.primary_key) if (r.get("id"),) not in previous]
+                    rows = _kept(rows, [r for r in _dedupe(rows, current, endpoint.primary_key)
+                                        if (r.get("id"),) not in previous])
                     previous = current
+                if isinstance(rows, ArrowRows) and (upper is not None or (
+                        known and endpoint.partial_at_edge and any(r["id"] in known for r in rows))):
+                    rows = rows.dicts()  # held and partial rows are handled (and merged) as whole rows
                 if endpoint.detail:
                     rows = _fetch_details(job, ctx, rows)
                 for row in rows:
@@ -380,6 +389,27 @@ def _read_windows(
         upper = upper + span
         if upper >= datetime.now(UTC):
             upper = None
+
+
+def _decoder(endpoint: Endpoint, ctx: Context) -> Callable[[bytes], Any] | None:
+    """Decode list pages straight into columns where a page's rows are loaded as they come (no child lists,
+    detail reads, lifted fields or deletions, and no new columns to infer); see `arrow.decode_page`."""
+    if endpoint.paging != "has_next" or endpoint.children or endpoint.detail or endpoint.lifted or \
+            endpoint.delete_missing or ctx.evolve:
+        return None
+    columns = dict(endpoint.column_types(ctx.stored.types if ctx.stored else None))
+    fields = tuple(dict.fromkeys(f for f in (*endpoint.primary_key, endpoint.cursor, endpoint.end, endpoint.ongoing)
+                                 if f))
+
+    def decode(content: bytes) -> dict[str, Any] | None:
+        return decode_page(content, columns, fields, ctx.drift.known(endpoint.name))
+
+    return decode
+
+
+def _kept(page: list[ROW], rows: list[ROW]) -> list[ROW]:
+    """`rows`, the part of `page` a reader keeps, over the same decoded page where it is one."""
+    return page.subset(rows) if isinstance(page, ArrowRows) else rows
 
 
 class _Seen:
