@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,11 +378,15 @@ def run(
             except Exception as error:  # noqa: BLE001 - the loads below report destination problems
                 logger.warning("views not dropped before the full refresh: %s", error)
         states = committed_states(pipeline)  # also restores the destination's schema
-        session.know_stored(stored_tables(pipeline, selected))
+        stored = stored_tables(pipeline, selected)
+        session.know_stored(stored)
         session.read_ahead({} if full_refresh else states, selected)
         for resource in selected:
             interruption.raise_if_signalled()
             one = source.with_resources(resource)  # a clone that extracts this resource only
+            if _first_load(resource, stored, full_refresh):
+                # nothing stored to merge with, and readers yield each key once: straight into the table
+                one.resources[resource].apply_hints(write_disposition="append")
             if _load_one(pipeline, one, resource, session, file_format, full_refresh, failures):
                 if kind == "filesystem":
                     _compact(resource, pipeline)
@@ -436,6 +440,15 @@ def stored_tables(pipeline: Any, resources: list[str]) -> dict[str, StoredTable]
                 rows = None
         found[resource] = StoredTable(types, rows)
     return found
+
+
+def _first_load(resource: str, stored: Mapping[str, StoredTable], full_refresh: bool) -> bool:
+    """Whether a resource's table starts empty in this run (not in the destination's schema, or dropped by a
+    full refresh) and so can be appended to; child tables and deletions always merge."""
+    endpoint = ENDPOINTS[resource]
+    if endpoint.children or endpoint.members or endpoint.delete_missing:
+        return False
+    return resource not in stored or (full_refresh and not endpoint.removed)
 
 
 def _load_one(

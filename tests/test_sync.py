@@ -315,3 +315,25 @@ def test_recordings_expired_in_posthog_stay_in_the_destination(
     assert expired, "some recordings should have expired in the fake"
     landed_ids = {row[1] for row in landed_rows(options, "session_recordings")}
     assert expired <= landed_ids and ids_now <= landed_ids
+
+
+def test_a_first_load_appends_and_later_loads_merge(fake: FakePostHog, options: SyncOptions) -> None:
+    """A table that starts empty is loaded straight into place (no staging copy, no merge job); later runs
+    merge, so a re-read row replaces its stored one, and a full refresh appends again."""
+    options.resources = ["session_recordings"]
+
+    def merged(result: Any) -> bool:
+        packages = result.pipeline.last_trace.last_load_info.load_packages
+        jobs = [j.job_file_info for p in packages for j in p.jobs["completed_jobs"]]
+        assert any(j.table_name == "session_recordings" for j in jobs)
+        return any(j.table_name == "session_recordings" and j.file_format == "sql" for j in jobs)
+
+    assert not merged(sync(options))
+    fake.advance(2 * 3600)
+    assert merged(sync(options))
+    assert_no_duplicates(options, "session_recordings")
+    assert landed_rows(options, "session_recordings") == truth_rows(fake, "session_recordings")
+    options.full_refresh = True
+    assert not merged(sync(options))
+    assert_no_duplicates(options, "session_recordings")
+    assert landed_rows(options, "session_recordings") == truth_rows(fake, "session_recordings")

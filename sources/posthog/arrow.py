@@ -278,6 +278,6 @@ def decode_page(
         return None
     table = pa.Table.from_arrays(arrays, schema=pa.schema([(n, ARROW_TYPES[t]) for n, t in columns.items()]))
     page = _Page(content, table, fields)
-    light = [dict(zip(fields, v, strict=True)) for v in zip(*(values[f] for f in fields), strict=True)]
+    light = [dict(zip(fields, v)) for v in zip(*(values[f] for f in fields))]  # noqa: B905 - one length
     page.position = {id(r): i for i, r in enumerate(light)}
     return {**{k: getattr(body, k) for k in PAGE_KEYS}, "results": ArrowRows(light, page)}
