@@ -45,7 +45,7 @@ from .progress import SyncProgress, default_mode
 from .views import create_views, drop_views
 
 logger = logging.getLogger("posthog_export")
-DUCKDB_MEMORY = "128MB"
+DUCKDB_MEMORY = "64MB"
 
 
 class UsageError(Exception):
