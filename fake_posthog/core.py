@@ -32,7 +32,7 @@ from .base import (
 from .faults import Faults, _error_body
 from .lists import Lists, _drf
 from .playlists import Playlists
-from .recordings import Recordings, _Stream
+from .recordings import Recordings, _Page, _Stream
 from .versions import Versions
 from .vision import Vision
 
@@ -175,6 +175,8 @@ class FakePostHog(Recordings, Lists, Playlists, Vision, Faults, Versions):
             self.requests.append(FakeRequest(method, path, params, status, authorized, at))
             for hook in self.hooks:
                 hook(self.requests[-1])
+            if isinstance(body, _Page):  # after the hooks, as a page of dicts is serialised after them
+                return status, body.json(), "application/json", {}
         if fault is not None:
             return self._fault_answer(fault, path)
         if body is None:
@@ -233,7 +235,7 @@ class FakePostHog(Recordings, Lists, Playlists, Vision, Faults, Versions):
                 return 404, _err("invalid_request", "not_found", msg), resource
             return 200, row, resource
         if resource == "session_recordings":
-            return *self._recordings(pid, params), resource
+            return *self._recordings(pid, params, fast=True), resource
         if resource == "property_definitions":
             return *self._property_definitions(pid, params, url), resource
         handler = {"session_group_summaries": self._summaries, "desktop_recordings": self._desktops,

@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from fake_posthog import FakePostHog
+from fake_posthog.recordings import _Page, _Stream
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 KEY = {"Authorization": "Bearer phx_fake_personal_key"}
@@ -404,3 +406,53 @@ def test_the_transport_answers_and_records_exactly_as_the_http_server() -> None:
     assert {200, 400, 401, 402, 404, 405, 429, 502, 503} <= statuses  # the scenario reached every kind
     assert ("transfer-encoding", "chunked") in over_http[10][1]  # the big page was streamed
     assert any(("retry-after", "60") in headers for _, headers, _ in over_http)  # the plan-worded 429
+
+
+def plain_page(fake: FakePostHog, params: dict[str, str]) -> bytes:
+    """A recordings page's body from the straightforward path: plain row dicts, serialised by orjson."""
+    status, body = fake._recordings(1, params)
+    assert status == 200
+    return b"".join(body.chunks(fake._lock)) if isinstance(body, _Stream) else orjson.dumps(body)
+
+
+@pytest.mark.parametrize("server", [{}, {"keyset": False, "tie_group": 3},
+                                    {"versions": {"session_recordings": "older"}},
+                                    {"tie_group": 4, "retention_days": 5}])
+def test_served_recordings_pages_are_byte_for_byte_the_plain_rows(server: dict[str, Any]) -> None:
+    # served pages are written as JSON text directly (`_rec_json`); they must be the plain rows' exact bytes
+    fake = FakePostHog(now=NOW, seed=4, recordings=4700, recording_step_s=60, **server)
+    fake.delete_recording(1, fake.truth(1, "session_recordings")[-40]["id"])
+    windows = [{}, {"date_from": "2026-03-07T08:07:00Z"}, {"date_from": "2026-03-05T00:00:00", "date_to": "-2d"}]
+    compared, streamed = 0, False
+    with in_process(fake) as api:
+        for step in ("first", "advanced", "person changed", "schema drift"):
+            if step == "advanced":
+                fake.advance(3 * 3600 + 17)  # new rows arrive, ongoing ones grow
+            elif step == "person changed":
+                person = fake.truth(1, "session_recordings")[-1]["person"]
+                fake.set_person_property(1, person["distinct_ids"][0], "email", "Zoë <z@example.com>")
+            elif step == "schema drift":
+                fake.add_field("session_recordings", "new_field", {"x": 1})
+            # small pages over every window; pages big enough to be streamed over the one with partial rows
+            cases = [(w, d, n) for d in ("ASC", "DESC") for w, n in [*((w, 7) for w in windows), (windows[1], 4100)]]
+            for window, direction, limit in cases:
+                params = {**window, "order": "start_time", "order_direction": direction, "limit": str(limit)}
+                for page in range(2):  # keyset paging where the server has it, offset paging too
+                    plain = plain_page(fake, params)
+                    served = api.get("/api/projects/1/session_recordings/", params=params)
+                    assert served.status_code == 200 and served.content == plain, (step, params)
+                    body = orjson.loads(served.content)
+                    assert ("chunked" in served.headers.get("transfer-encoding", "")) == (len(body["results"]) > 4000)
+                    compared += len(body["results"])
+                    streamed |= len(body["results"]) > 4000
+                    if not body["has_next"]:
+                        break
+                    if page == 0 and "next_cursor" in body:
+                        params = {**params, "after": body["next_cursor"]}
+                    else:
+                        params = {k: v for k, v in params.items() if k != "after"}
+                        params["offset"] = str(int(params.get("offset", "0")) + len(body["results"]))
+    assert compared > 20_000 and streamed
+    fake._extra["session_recordings"].clear()  # what is compared above is the direct writer's, not plain rows
+    assert isinstance(fake._recordings(1, {"limit": "7"}, fast=True)[1], _Page)
+    assert "Zoë" in fake.truth(1, "session_recordings")[-1]["person"]["properties"]["email"]
