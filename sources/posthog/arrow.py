@@ -76,8 +76,9 @@ def _timestamps(strings: pa.Array) -> pa.Array:
     try:
         return strings.cast(ARROW_TYPES["timestamp"])
     except pa.ArrowInvalid:
-        # no offset in the string: PostHog's own answers are UTC
-        return pc.assume_timezone(strings.cast(pa.timestamp("us")), "UTC")
+        # no offset in a string: PostHog's own answers are UTC
+        zoned = pc.match_substring_regex(strings, r"(Z|[+-]\d\d(:?\d\d)?)$")
+        return pc.if_else(zoned, strings, pc.binary_join_element_wise(strings, "Z", "")).cast(ARROW_TYPES["timestamp"])
 
 
 def _convert(values: list[Any], ctype: ColumnType) -> pa.Array:
@@ -182,6 +183,7 @@ def to_arrow(
 # times faster than orjson into dicts; any value the typed decoding or Arrow refuses sends the whole page
 # the dict path, which decides exactly as before and names the value.
 
+POSITION = "_page_position"  # a light row's place in its decoded page
 PAGE_KEYS = ("has_next", "next_cursor", "next", "count")  # what paging and the readers read besides `results`
 _NULL = msgspec.Raw(b"null")
 _PY_TYPES: dict[str, Any] = {"text": str | None, "bigint": int | None, "double": int | float | None,
@@ -205,24 +207,22 @@ class ArrowRows(list):  # type: ignore[type-arg]
         return ArrowRows(rows, self.page)
 
     def _positions(self) -> list[int]:
-        position = self.page.position
-        return [position[id(r)] for r in self]
+        return [r[POSITION] for r in self]
 
     def table(self, project_id: int) -> pa.Table:
         """The declared columns of these rows, `project_id` first, as `to_arrow` builds them."""
         table = self.page.table
         positions = self._positions()
         if positions != list(range(table.num_rows)):
-            table = table.take(positions)
+            table = table.take(pa.array(positions, pa.int64()))
         ids = pa.array([project_id] * table.num_rows, pa.int64())
         return table.add_column(0, pa.field("project_id", pa.int64()), ids)
 
     def dicts(self) -> list[dict[str, Any]]:
         """These rows decoded in full, with what the readers set on the light dicts (e.g. `project_id`)."""
         full = orjson.loads(self.page.content)["results"]
-        fields = set(self.page.fields)
-        return [{**full[p], **{k: v for k, v in r.items() if k not in fields}}
-                for p, r in zip(self._positions(), self, strict=True)]
+        own = {*self.page.fields, POSITION}
+        return [{**full[r[POSITION]], **{k: v for k, v in r.items() if k not in own}} for r in self]
 
 
 @dataclass
@@ -230,7 +230,6 @@ class _Page:
     content: bytes
     table: pa.Table
     fields: tuple[str, ...]
-    position: dict[int, int] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=64)
@@ -277,7 +276,16 @@ def decode_page(
     except (msgspec.DecodeError, *_CONVERSION_ERRORS):
         return None
     table = pa.Table.from_arrays(arrays, schema=pa.schema([(n, ARROW_TYPES[t]) for n, t in columns.items()]))
-    page = _Page(content, table, fields)
-    light = [dict(zip(fields, v)) for v in zip(*(values[f] for f in fields))]  # noqa: B905 - one length
-    page.position = {id(r): i for i, r in enumerate(light)}
-    return {**{k: getattr(body, k) for k in PAGE_KEYS}, "results": ArrowRows(light, page)}
+    return {**{k: getattr(body, k) for k in PAGE_KEYS},
+            "results": ArrowRows(_light(fields, values, len(rows)), _Page(content, table, fields))}
+
+
+def _light(fields: tuple[str, ...], values: Mapping[str, list[Any]], count: int) -> list[dict[str, Any]]:
+    """One small dict per row: its `fields` and its place in the page (a literal per row where the fields
+    are four, the readers' usual id, start, end and ongoing: several times faster than `dict(zip(...))`)."""
+    if len(fields) == 4:
+        a, b, c, d = fields
+        return [{a: w, b: x, c: y, d: z, POSITION: i}
+                for i, w, x, y, z in zip(range(count), *(values[f] for f in fields))]  # noqa: B905 - one length
+    columns = zip(*(values[f] for f in fields), strict=True)
+    return [{**dict(zip(fields, v, strict=True)), POSITION: i} for i, v in enumerate(columns)]
