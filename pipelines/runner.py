@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +15,7 @@ import dlt
 import httpx
 from dlt.common.configuration.exceptions import ConfigurationException
 from dlt.common.pipeline import get_dlt_pipelines_dir
+from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.pipeline.exceptions import PipelineStepFailed
 from filelock import FileLock, Timeout
@@ -378,13 +379,12 @@ def run(
             except Exception as error:  # noqa: BLE001 - the loads below report destination problems
                 logger.warning("views not dropped before the full refresh: %s", error)
         states = committed_states(pipeline)  # also restores the destination's schema
-        stored = stored_tables(pipeline, selected)
-        session.know_stored(stored)
+        session.know_stored(stored_tables(pipeline, selected))
         session.read_ahead({} if full_refresh else states, selected)
         for resource in selected:
             interruption.raise_if_signalled()
             one = source.with_resources(resource)  # a clone that extracts this resource only
-            if _first_load(resource, stored, full_refresh):
+            if kind != "filesystem" and _first_load(pipeline, resource):
                 # nothing stored to merge with, and readers yield each key once: straight into the table
                 one.resources[resource].apply_hints(write_disposition="append")
             if _load_one(pipeline, one, resource, session, file_format, full_refresh, failures):
@@ -442,13 +442,22 @@ def stored_tables(pipeline: Any, resources: list[str]) -> dict[str, StoredTable]
     return found
 
 
-def _first_load(resource: str, stored: Mapping[str, StoredTable], full_refresh: bool) -> bool:
-    """Whether a resource's table starts empty in this run (not in the destination's schema, or dropped by a
-    full refresh) and so can be appended to; child tables and deletions always merge."""
+def _first_load(pipeline: Any, resource: str) -> bool:
+    """Whether a resource's table holds no row in the destination yet (whatever this pipeline's own state
+    says: another pipeline may have filled it), so this load can append; child tables and deletions always
+    merge. Any doubt (an error other than a missing table) means merge."""
     endpoint = ENDPOINTS[resource]
     if endpoint.children or endpoint.members or endpoint.delete_missing:
         return False
-    return resource not in stored or (full_refresh and not endpoint.removed)
+    try:
+        with pipeline.sql_client() as sql:
+            rows = sql.execute_sql(f"SELECT 1 FROM {sql.make_qualified_table_name(resource)} LIMIT 1")
+    except DatabaseUndefinedRelation:
+        return True
+    except Exception as error:  # noqa: BLE001 - merging is always correct, only slower
+        logger.debug("rows of %s not checked, merging: %s", resource, error)
+        return False
+    return not rows
 
 
 def _load_one(

@@ -318,8 +318,9 @@ def test_recordings_expired_in_posthog_stay_in_the_destination(
 
 
 def test_a_first_load_appends_and_later_loads_merge(fake: FakePostHog, options: SyncOptions) -> None:
-    """A table that starts empty is loaded straight into place (no staging copy, no merge job); later runs
-    merge, so a re-read row replaces its stored one, and a full refresh appends again."""
+    """A table with no rows in the destination is loaded straight into place (no staging copy, no merge
+    job); later runs merge, so a re-read row replaces its stored one, and so does a pipeline of another
+    name over the same tables (its own state knows nothing of them)."""
     options.resources = ["session_recordings"]
 
     def merged(result: Any) -> bool:
@@ -333,7 +334,7 @@ def test_a_first_load_appends_and_later_loads_merge(fake: FakePostHog, options: 
     assert merged(sync(options))
     assert_no_duplicates(options, "session_recordings")
     assert landed_rows(options, "session_recordings") == truth_rows(fake, "session_recordings")
-    options.full_refresh = True
-    assert not merged(sync(options))
+    options.pipeline_name = "another"
+    assert merged(sync(options))
     assert_no_duplicates(options, "session_recordings")
     assert landed_rows(options, "session_recordings") == truth_rows(fake, "session_recordings")
