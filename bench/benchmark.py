@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/benchmark.py --rows 30000 [--latency-ms 0]
         [--resource session_recordings|desktop_recordings] [--destination duckdb|parquet]
-        [--peer/--no-peer] [--bare] [--segments 100] [--page-size N] [--incremental [--new 1000]]
+        [--peer/--no-peer] [--bare] [--cached] [--segments 100] [--page-size N] [--incremental [--new 1000]]
 
 Starts the fake PostHog (`python -m fake_posthog`) in a subprocess, then runs each sync in a
 subprocess of its own, into a fresh temporary output and dlt pipelines folder, and prints rows/s, peak
@@ -12,6 +12,9 @@ Ours runs in the repository (its `.dlt/config.toml` applies); the peer runs in a
 gets dlt's defaults. Wall time is the sync call itself, without interpreter start and imports.
 `--bare` also runs a bare client (httpx + `orjson.loads`, page after page, nothing stored): the ceiling
 that reading and decoding alone allow against this fake; "fake CPU s" is the fake's own CPU time meanwhile.
+`--cached` puts `bench/cached.py` in front of the fake and runs each sync once unmeasured first, so the
+measured runs get every page from memory: the server then costs next to nothing, as on an independent
+simulator, and the figures are the client's own.
 
 `--incremental` measures the hourly case instead: a first sync stores `--rows`, the fake's clock moves on
 (`--new` recordings appear and the ongoing ones grow; for desktop recordings one new recording starts and
@@ -82,6 +85,17 @@ def start_fake(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     if not line.startswith("READY "):
         process.kill()
         raise SystemExit(f"the fake PostHog did not start: {line!r}")
+    return process, line.split()[1]
+
+
+def start_cache(url: str) -> tuple[subprocess.Popen[str], str]:
+    """Start the caching proxy (`bench/cached.py`) in front of the fake at `url`; return it and its URL."""
+    process = subprocess.Popen([sys.executable, str(REPO / "bench" / "cached.py"), url], cwd=REPO,
+                               stdout=subprocess.PIPE, text=True, env=_env())
+    line = process.stdout.readline() if process.stdout else ""
+    if not line.startswith("READY "):
+        process.kill()
+        raise SystemExit(f"the caching proxy did not start: {line!r}")
     return process, line.split()[1]
 
 
@@ -316,6 +330,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the generic rest_api pipeline (default: yes)")
     parser.add_argument("--bare", action="store_true", help="also run a bare client (httpx + orjson only)")
+    parser.add_argument("--cached", action="store_true",
+                        help="serve pages from a cache in front of the fake (each sync runs once unmeasured first)")
     parser.add_argument("--segments", type=int, default=100, help="transcript segments per recorded hour")
     parser.add_argument("--page-size", type=int, help="page size for both (default: the endpoint table's)")
     parser.add_argument("--incremental", action="store_true",
@@ -334,18 +350,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         child(args)
         return
     fake, url = start_fake(args)
+    processes = [fake]
     try:
+        if args.cached:
+            cache, url = start_cache(url)
+            processes.append(cache)
         if args.incremental:
             incremental(args, url)
             return
-        results = [measure("ours", args, url, fake_pid=fake.pid)]
-        if args.peer:
-            results.append(measure("peer", args, url, fake_pid=fake.pid))
-        if args.bare:
-            results.append(measure("bare", args, url, fake_pid=fake.pid))
+        names = ["ours", *(["peer"] if args.peer else []), *(["bare"] if args.bare else [])]
+        for name in names if args.cached else ():
+            measure(name, args, url)  # fills the cache
+        results = [measure(name, args, url, fake_pid=fake.pid) for name in names]
     finally:
-        fake.terminate()
-        fake.wait()
+        for process in processes:
+            process.terminate()
+            process.wait()
     report(args, results)
 
 

@@ -22,6 +22,7 @@ from pipelines.runner import SyncOptions
 from sources.posthog import arrow
 from sources.posthog.arrow import ArrowRows, Drift, SchemaViolation, decode_page, to_arrow
 from sources.posthog.endpoints import RECORDINGS
+from sources.posthog.sync import _end_us
 
 from .conftest import PROJECTS, sync
 
@@ -109,6 +110,10 @@ def test_a_subset_of_a_decoded_page_keeps_its_own_rows(rows: list[dict[str, Any]
     assert [r["id"] for r in subset.table(1).to_pylist()] == [rows[i]["id"] for i in kept]
     assert [r["id"] for r in subset.dicts()] == [rows[i]["id"] for i in kept]
     assert all(r["project_id"] == 1 for r in subset.dicts())
+    # where each row's span ends, from the page's columns, is what the readers compute from a whole row
+    assert subset.end_us("end_time", "ongoing") == [_end_us(RECORDINGS, rows[i]) for i in kept]
+    assert subset.end_us("end_time", None) == [_end_us(dataclasses.replace(RECORDINGS, ongoing=None), rows[i])
+                                               for i in kept]
 
 
 def test_contradictions_and_odd_pages_go_the_dict_path() -> None:

@@ -8,6 +8,7 @@ so a contradiction fails with a message naming the table, column and types.
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -218,6 +219,20 @@ class ArrowRows(list):  # type: ignore[type-arg]
         ids = pa.array([project_id] * table.num_rows, pa.int64())
         return table.add_column(0, pa.field("project_id", pa.int64()), ids)
 
+    def end_us(self, end: str | None, ongoing: str | None) -> list[int | None]:
+        """Per row, where its span ends (µs since the epoch), None while it may still grow (ongoing, or no
+        end yet): `sync._end_us` for these rows, computed over the page's columns."""
+        table = self.page.table
+        if not end:
+            return [None] * len(self)
+        ends = table.column(end).cast(pa.int64())
+        if ongoing:
+            ends = pc.if_else(pc.equal(table.column(ongoing), False), ends, pa.scalar(None, pa.int64()))
+        positions = self._positions()
+        if positions != list(range(table.num_rows)):
+            ends = ends.take(pa.array(positions, pa.int64()))
+        return ends.to_pylist()
+
     def dicts(self) -> list[dict[str, Any]]:
         """These rows decoded in full, with what the readers set on the light dicts (e.g. `project_id`)."""
         full = orjson.loads(self.page.content)["results"]
@@ -244,8 +259,11 @@ def _page_decoder(columns: tuple[tuple[str, ColumnType], ...], ignored: frozense
 
 
 def _json_text(values: list[msgspec.Raw]) -> pa.Array:
-    texts = pa.array(list(map(bytes, values)), pa.binary())
-    return pc.if_else(pc.equal(texts, b"null"), pa.scalar(None, pa.binary()), texts).cast(pa.string())
+    # one buffer of all texts and their offsets: no bytes object per value
+    offsets = pa.array([0, *itertools.accumulate(map(len, values))], pa.int64())
+    texts = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(values),
+                                             [None, offsets.buffers()[1], pa.py_buffer(b"".join(values))])
+    return pc.if_else(pc.equal(texts, b"null"), pa.scalar(None, pa.large_binary()), texts).cast(pa.string())
 
 
 def decode_page(

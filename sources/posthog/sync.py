@@ -38,6 +38,7 @@ REREAD_BATCH = 100  # rows asked for again by id (`Endpoint.reread`) at once
 EDGE_MARGIN_US = 3600 * 1_000_000  # a session's parts are never this far apart (30 idle minutes end it)
 MIN_WINDOW = timedelta(minutes=15)  # narrower recordings windows than this do not get cheaper
 DELETED = "_deleted"  # set on the rows a run sends only to delete them (dlt's `hard_delete` hint)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SEEN_KEEP = 1024  # recordings read in a run are forgotten, once past, only when more than this many
 LISTED_KEEP = 500_000  # ids listed in a window kept for deletion marks; a longer window marks none
 
@@ -423,12 +424,15 @@ class _Seen:
     def fresh(self, rows: list[ROW], last_start: str | None) -> list[ROW]:
         """The rows not read before; remembers them."""
         out = []
-        for row in rows:
+        endpoint = self.endpoint
+        ends = rows.end_us(endpoint.end, endpoint.ongoing) if isinstance(rows, ArrowRows) else \
+            [_end_us(endpoint, row) for row in rows]
+        for row, end in zip(rows, ends, strict=True):
             ident = row.get("id")
             if ident in self.ends:
                 continue
             # an ongoing session may still grow past any later date_from
-            self.ends[ident] = _end_us(self.endpoint, row)
+            self.ends[ident] = end
             out.append(row)
         if len(self.ends) > self._mark and last_start:
             # a session comes back only with a part starting after the last start read (§7.1); parts of
@@ -440,7 +444,8 @@ class _Seen:
 
 
 def _us(value: str) -> int:
-    return int(parse_time(value).timestamp() * 1_000_000)
+    # exact: a float of seconds since 1970 loses the last microsecond of some times
+    return (parse_time(value) - _EPOCH) // timedelta(microseconds=1)
 
 
 def _emit(job: Job, ctx: Context, rows: list[ROW], window: _Window, lookback_us: int) -> Iterator[Any]:
