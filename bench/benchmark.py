@@ -80,23 +80,22 @@ def start_fake(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
         "--segments", str(args.segments), "--recording-step-s", str(step), "--retention-days", "3650",
         "--latency-ms", str(args.latency_ms), "--api-key", API_KEY,
     ]
+    return _serve(command, "the fake PostHog")
+
+
+def _serve(command: list[str], what: str) -> tuple[subprocess.Popen[str], str]:
+    """Start a server that prints ``READY <url>`` once listening; return it and its URL."""
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True, env=_env())
     line = process.stdout.readline() if process.stdout else ""
     if not line.startswith("READY "):
         process.kill()
-        raise SystemExit(f"the fake PostHog did not start: {line!r}")
+        raise SystemExit(f"{what} did not start: {line!r}")
     return process, line.split()[1]
 
 
 def start_cache(url: str) -> tuple[subprocess.Popen[str], str]:
     """Start the caching proxy (`bench/cached.py`) in front of the fake at `url`; return it and its URL."""
-    process = subprocess.Popen([sys.executable, str(REPO / "bench" / "cached.py"), url], cwd=REPO,
-                               stdout=subprocess.PIPE, text=True, env=_env())
-    line = process.stdout.readline() if process.stdout else ""
-    if not line.startswith("READY "):
-        process.kill()
-        raise SystemExit(f"the caching proxy did not start: {line!r}")
-    return process, line.split()[1]
+    return _serve([sys.executable, str(REPO / "bench" / "cached.py"), url], "the caching proxy")
 
 
 def advance_fake(url: str, seconds: float) -> None:

@@ -207,15 +207,14 @@ class ArrowRows(list):  # type: ignore[type-arg]
         """These rows (light dicts of this page) over the same page."""
         return ArrowRows(rows, self.page)
 
-    def _positions(self) -> list[int]:
-        return [r[POSITION] for r in self]
+    def _taken(self, data: Any) -> Any:
+        """`data` (a table or array over the whole page) for these rows only, in their order."""
+        positions = [r[POSITION] for r in self]
+        return data if positions == list(range(len(data))) else data.take(pa.array(positions, pa.int64()))
 
     def table(self, project_id: int) -> pa.Table:
         """The declared columns of these rows, `project_id` first, as `to_arrow` builds them."""
-        table = self.page.table
-        positions = self._positions()
-        if positions != list(range(table.num_rows)):
-            table = table.take(pa.array(positions, pa.int64()))
+        table = self._taken(self.page.table)
         ids = pa.array([project_id] * table.num_rows, pa.int64())
         return table.add_column(0, pa.field("project_id", pa.int64()), ids)
 
@@ -228,10 +227,7 @@ class ArrowRows(list):  # type: ignore[type-arg]
         ends = table.column(end).cast(pa.int64())
         if ongoing:
             ends = pc.if_else(pc.equal(table.column(ongoing), False), ends, pa.scalar(None, pa.int64()))
-        positions = self._positions()
-        if positions != list(range(table.num_rows)):
-            ends = ends.take(pa.array(positions, pa.int64()))
-        return ends.to_pylist()
+        return self._taken(ends).to_pylist()
 
     def dicts(self) -> list[dict[str, Any]]:
         """These rows decoded in full, with what the readers set on the light dicts (e.g. `project_id`)."""
