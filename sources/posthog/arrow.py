@@ -12,7 +12,7 @@ import itertools
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import msgspec
@@ -245,8 +245,12 @@ class _Page:
 
 @functools.lru_cache(maxsize=64)
 def _page_decoder(columns: tuple[tuple[str, ColumnType], ...], ignored: frozenset[str]) -> msgspec.json.Decoder:
-    """A decoder of list pages whose rows hold only the declared columns (and `ignored` fields, dropped)."""
-    specs = [(n, msgspec.Raw, _NULL) if t == "json" else (n, _PY_TYPES[t], None) for n, t in columns]
+    """A decoder of list pages whose rows hold only the declared columns (and `ignored` fields, dropped).
+
+    A row's fields are its non-JSON columns first, in declared order, then the JSON ones and the ignored
+    ones: the first part of a row's tuple is what Arrow converts into `_row_type` at once."""
+    specs = [(n, _PY_TYPES[t], None) for n, t in columns if t != "json"]
+    specs += [(n, msgspec.Raw, _NULL) for n, t in columns if t == "json"]
     specs += [(n, msgspec.Raw, _NULL) for n in sorted(ignored - {n for n, _ in columns})]
     # an unknown field fails the row: the dict path then reports it (and the next page ignores it)
     row = msgspec.defstruct("Row", specs, kw_only=True, forbid_unknown_fields=True, gc=False)
@@ -272,24 +276,30 @@ def decode_page(
     of another JSON type than its column's, anything Arrow refuses, an empty page or a body that is not
     a page. JSON columns hold the API's own JSON text of the value.
     """
-    decoder = _page_decoder(tuple(columns.items()), frozenset(ignored))
+    declared = tuple(columns.items())
+    decoder = _page_decoder(declared, frozenset(ignored))
+    row_type = _row_type(declared)
     try:
         body = decoder.decode(content)
         rows = body.results
         if not rows:
             return None
-        values = {name: list(map(attrgetter(name), rows)) for name in columns}
+        # one tuple per row (no attribute lookups), cut to the non-JSON fields, converted by Arrow in one pass
+        cut = itemgetter(slice(0, row_type.num_fields))
+        struct = pa.array(list(map(cut, map(msgspec.structs.astuple, rows))), row_type)
+        scalars = dict(zip(row_type.names, struct.flatten(), strict=True))
         arrays = []
-        for name, ctype in columns.items():
+        for name, ctype in declared:
             if ctype == "json":
-                arrays.append(_json_text(values[name]))
+                arrays.append(_json_text(list(map(attrgetter(name), rows))))
             elif ctype == "timestamp":
-                arrays.append(_timestamps(pa.array(values[name], pa.string())))
+                arrays.append(_timestamps(scalars[name]))
             else:
-                arrays.append(pa.array(values[name], ARROW_TYPES[ctype]))
+                arrays.append(scalars[name])
     except (msgspec.DecodeError, *_CONVERSION_ERRORS):
         return None
-    table = pa.Table.from_arrays(arrays, schema=pa.schema([(n, ARROW_TYPES[t]) for n, t in columns.items()]))
+    table = pa.Table.from_arrays(arrays, schema=pa.schema([(n, ARROW_TYPES[t]) for n, t in declared]))
+    values = {f: list(map(attrgetter(f), rows)) for f in fields}
     return {**{k: getattr(body, k) for k in PAGE_KEYS},
             "results": ArrowRows(_light(fields, values, len(rows)), _Page(content, table, fields))}
 
