@@ -306,10 +306,9 @@ def decode_page(
 
 def _light(fields: tuple[str, ...], values: Mapping[str, list[Any]], count: int) -> list[dict[str, Any]]:
     """One small dict per row: its `fields` and its place in the page (a literal per row where the fields
-    are four, the readers' usual id, start, end and ongoing: several times faster than `dict(zip(...))`)."""
-    if len(fields) == 4:
-        a, b, c, d = fields
-        return [{a: w, b: x, c: y, d: z, POSITION: i}
-                for i, w, x, y, z in zip(range(count), *(values[f] for f in fields))]  # noqa: B905 - one length
+    are the readers' usual two, key and cursor: several times faster than `dict(zip(...))`)."""
+    if len(fields) == 2:
+        a, b = fields
+        return [{a: x, b: y, POSITION: i} for i, x, y in zip(range(count), values[a], values[b])]  # noqa: B905
     columns = zip(*(values[f] for f in fields), strict=True)
     return [{**dict(zip(fields, v, strict=True)), POSITION: i} for i, v in enumerate(columns)]

@@ -20,6 +20,7 @@ from typing import Any
 import dlt
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .arrow import ArrowRows, Drift, decode_page, dlt_columns, to_arrow
 from .client import PostHogClient
@@ -211,10 +212,6 @@ def _fetch_details(job: Job, ctx: Context, rows: list[ROW]) -> list[ROW]:
         return [full for full in pool.map(fetch, rows) if full is not None]
 
 
-def _epoch_us(table: pa.Table, column: str) -> list[int | None]:
-    return table.column(column).cast(pa.int64()).to_pylist()
-
-
 def _end_us(endpoint: Endpoint, row: ROW) -> int | None:
     """Where a row's span ends (µs), or None while it may still grow (ongoing, or no end yet)."""
     end = row.get(endpoint.end) if endpoint.end else None
@@ -399,8 +396,8 @@ def _decoder(endpoint: Endpoint, ctx: Context) -> Callable[[bytes], Any] | None:
             endpoint.delete_missing or ctx.evolve:
         return None
     columns = dict(endpoint.column_types(ctx.stored.types if ctx.stored else None))
-    fields = tuple(dict.fromkeys(f for f in (*endpoint.primary_key, endpoint.cursor, endpoint.end, endpoint.ongoing)
-                                 if f))
+    # the readers look at a page's rows by key and cursor only; ends come from the columns (`ArrowRows.end_us`)
+    fields = tuple(dict.fromkeys(f for f in (*endpoint.primary_key, endpoint.cursor) if f))
 
     def decode(content: bytes) -> dict[str, Any] | None:
         return decode_page(content, columns, fields, ctx.drift.known(endpoint.name))
@@ -453,14 +450,17 @@ def _emit(job: Job, ctx: Context, rows: list[ROW], window: _Window, lookback_us:
     table, items = page_items(job, ctx, rows)
     newest = window.newest_us
     if table is not None and endpoint.cursor:
-        starts = _epoch_us(table, endpoint.cursor)
-        newest = max(filter(None, [newest, *starts]), default=None)
+        starts = table.column(endpoint.cursor).cast(pa.int64())
+        given = pc.filter(starts, pc.not_equal(starts, 0))
+        newest = max(filter(None, [newest, pc.max(given).as_py() if len(given) else None]), default=None)
         if endpoint.partial_at_edge and newest is not None:
             floor = newest - lookback_us - 3_600_000_000
-            ends = _epoch_us(table, endpoint.end) if endpoint.end else starts
-            for ident, start, end in zip(table.column("id").to_pylist(), starts, ends, strict=True):
-                if start is not None and (end or start) >= floor:
-                    window.edge[ident] = start
+            ends = table.column(endpoint.end).cast(pa.int64()) if endpoint.end else starts
+            # a row's end where it has one (not 0), else its start; rows without a start are not edge rows
+            last = pc.coalesce(pc.if_else(pc.equal(ends, 0), pa.scalar(None, pa.int64()), ends), starts)
+            near = pc.and_(pc.is_valid(starts), pc.greater_equal(last, floor))
+            window.edge.update(zip(pc.filter(table.column("id"), near).to_pylist(),
+                                   pc.filter(starts, near).to_pylist(), strict=True))
             for ident in [k for k, v in window.edge.items() if v < floor - 2 * 86_400_000_000]:
                 del window.edge[ident]
     yield from items
