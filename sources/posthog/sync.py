@@ -21,6 +21,7 @@ import dlt
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from dlt.extract.items import DataItemWithMeta
 
 from .arrow import ArrowRows, Drift, decode_page, dlt_columns, to_arrow
 from .client import PostHogClient
@@ -42,6 +43,7 @@ DELETED = "_deleted"  # set on the rows a run sends only to delete them (dlt's `
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SEEN_KEEP = 1024  # recordings read in a run are forgotten, once past, only when more than this many
 LISTED_KEEP = 500_000  # ids listed in a window kept for deletion marks; a longer window marks none
+BATCH_ROWS = 40_000  # consecutive pages of one table handed to dlt as one item: dlt checks hints per item
 
 
 @dataclass(frozen=True)
@@ -1023,6 +1025,48 @@ def removed_reason(endpoint: Endpoint, stored: StoredTable | None, project_id: i
     return f"removed from PostHog in {endpoint.removed}; {kept}"
 
 
+def batched(items: Iterable[Any], rows: int = BATCH_ROWS) -> Iterator[Any]:
+    """`items` with consecutive Arrow tables of the same hints joined into one (up to `rows` rows, no copy):
+    dlt validates an item's hints and writes it in one call, so fewer items cost the extract less.
+
+    Whatever was read is handed on before an error of `items` propagates (a skipped project keeps its rows).
+    """
+    held: list[Any] = []
+
+    def joined() -> Iterator[Any]:
+        if held:
+            first = held[0]
+            tables = [item.data for item in held]
+            yield first if len(tables) == 1 else dlt.mark.with_hints(
+                pa.concat_tables(tables), first.meta.hints, create_table_variant=first.meta.create_table_variant)
+            held.clear()
+
+    def joins(item: Any) -> bool:
+        if not isinstance(item, DataItemWithMeta) or not isinstance(item.data, pa.Table):
+            return False
+        if not held:
+            return True
+        last = held[-1]
+        return (item.meta.hints == last.meta.hints and item.data.schema == last.data.schema
+                and item.meta.create_table_variant == last.meta.create_table_variant
+                and sum(t.data.num_rows for t in held) + item.data.num_rows <= rows)
+
+    try:
+        for item in items:
+            if joins(item):
+                held.append(item)
+                continue
+            yield from joined()
+            if joins(item):  # a table starting a new batch
+                held.append(item)
+            else:
+                yield item
+    except Exception:
+        yield from joined()
+        raise
+    yield from joined()
+
+
 def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) -> Iterator[Any]:
     """The body of every resource: read each project with the endpoint's sync mode.
 
@@ -1042,7 +1086,7 @@ def read_endpoint(endpoint: Endpoint, ctx: Context, project_ids: Iterable[int]) 
         for project_id in ids:
             job, feed = ctx.feeds.pop(project_id)
             try:
-                yield from feed
+                yield from batched(feed)
             except ResourceUnavailable as error:
                 if endpoint.removed and error.status in (404, 501):  # gone from PostHog: nothing to fix
                     job.run.status, job.run.reason = "removed", removed_reason(endpoint, ctx.stored, project_id)
