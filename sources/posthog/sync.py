@@ -1041,23 +1041,20 @@ def batched(items: Iterable[Any], rows: int = BATCH_ROWS) -> Iterator[Any]:
                 pa.concat_tables(tables), first.meta.hints, create_table_variant=first.meta.create_table_variant)
             held.clear()
 
-    def joins(item: Any) -> bool:
-        if not isinstance(item, DataItemWithMeta) or not isinstance(item.data, pa.Table):
-            return False
-        if not held:
-            return True
+    def page(item: Any) -> bool:
+        return isinstance(item, DataItemWithMeta) and isinstance(item.data, pa.Table)
+
+    def fits(item: Any) -> bool:  # joins the held pages
         last = held[-1]
-        return (item.meta.hints == last.meta.hints and item.data.schema == last.data.schema
+        return (page(item) and item.meta.hints == last.meta.hints and item.data.schema == last.data.schema
                 and item.meta.create_table_variant == last.meta.create_table_variant
                 and sum(t.data.num_rows for t in held) + item.data.num_rows <= rows)
 
     try:
         for item in items:
-            if joins(item):
-                held.append(item)
-                continue
-            yield from joined()
-            if joins(item):  # a table starting a new batch
+            if held and not fits(item):
+                yield from joined()
+            if page(item):
                 held.append(item)
             else:
                 yield item
