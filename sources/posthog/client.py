@@ -258,8 +258,7 @@ class PostHogClient:
         """Yield (rows, body) for every page of a list (see `paging.pages`), each request counted on `job`;
         `decode` may decode a page's bytes itself (see `arrow.decode_page`)."""
         return paging.pages(
-            partial(self.get, job=job, decode=decode), path, params, shape, limits,
-            partial(self._count, "retries", job),
+            partial(self.get, job=job), path, params, shape, limits, partial(self._count, "retries", job), decode,
         )
 
 

@@ -7,12 +7,17 @@ already read continues by offset instead (shared/posthog-api.md §7).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+import orjson
 
 from .errors import PagingError, QueryTooBig
 
@@ -20,8 +25,19 @@ logger = logging.getLogger("posthog_export")
 
 MIN_PAGE = 100
 MAX_PAGE = 50_000  # HogQL caps a SELECT at this many rows (§7.1)
-Get = Callable[[str, dict[str, Any]], Any]
+Get = Callable[..., Any]  # (path, params, decode=...) -> the body, decoded by `decode` where it returns one
 Page = tuple[list[dict[str, Any]], dict[str, Any]]
+Decode = Callable[[bytes], Any]
+_TAIL = 1024  # where a keyset page names its successor: after `results` (§7.1)
+_MORE = re.compile(rb'"has_next"\s*:\s*true')
+_CURSOR = re.compile(rb'"next_cursor"\s*:\s*"([^"\\]+)"')
+
+
+@dataclass(frozen=True)
+class Undecoded:
+    """A page's body as it came: `pages` decodes it while the next page is fetched."""
+
+    content: bytes
 
 
 class QueryLimits:
@@ -77,7 +93,7 @@ class QueryLimits:
 
 def pages(
     get: Get, path: str, params: Mapping[str, Any], paging: str, limits: QueryLimits | None,
-    shrunk: Callable[[], None],
+    shrunk: Callable[[], None], decode: Decode | None = None,
 ) -> Iterator[Page]:
     """Yield (rows, body) for every page of a list read with `get`, ending only on the API's own end signal.
 
@@ -87,20 +103,36 @@ def pages(
     or tie (§7.1): the caller drops rows it already has. DRF lists follow `next`. With `limits`, a page
     too big for ClickHouse is asked for again at half the size (`QueryTooBig` escapes at the floor;
     `shrunk` is called for each smaller ask). While the caller works on one page, the next is fetched.
+
+    With `decode` (a page's bytes to its body, or None for the JSON path) pages are decoded here, and the
+    next keyset page is asked for from the cursor at the end of the undecoded body, so the server works
+    while this page decodes; the decoded body's own cursor decides, and a page asked for by another
+    cursor is dropped.
     """
     pages_read: set[frozenset[tuple[str, str]]] = {_page_id(params)}
+    fetch = get if decode is None else partial(get, decode=Undecoded)
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        current, body = _page(get, path, dict(params), limits, shrunk)
+        current, body = _page(fetch, path, dict(params), limits, shrunk)
         while True:
+            guess = _cursor_ahead(paging, current, body)
+            ahead = pool.submit(_page, fetch, path, guess, limits, shrunk) if guess is not None else None
+            if isinstance(body, Undecoded):
+                body = _decoded(get, path, current, body, decode)
             rows: list[dict[str, Any]] = body["results"]
             following = _following(path, paging, current, body, pages_read)
             # a page grown to read past a tie group is sent as it is: too big, the caller narrows the window
             grown = following is not None and int(following.get("limit", 0)) > int(current.get("limit", 0))
-            upcoming = (
-                pool.submit(_page, get, path, following, None if grown else limits, shrunk)
-                if following is not None else None
-            )
+            upcoming: Future[tuple[dict[str, Any], Any]] | None
+            if ahead is not None and following == guess:
+                upcoming = ahead
+            else:
+                if ahead is not None:
+                    ahead.cancel()  # asked for by a cursor the decoded body does not name: dropped
+                upcoming = (
+                    pool.submit(_page, fetch, path, following, None if grown else limits, shrunk)
+                    if following is not None else None
+                )
             yield rows, body
             if upcoming is None:
                 return
@@ -111,7 +143,7 @@ def pages(
 
 def _page(
     get: Get, path: str, params: dict[str, Any], limits: QueryLimits | None, shrunk: Callable[[], None]
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], Any]:
     """GET one page (and the params it was read with), halving its size while it is too big."""
     while True:
         if limits is not None and "limit" in params:
@@ -127,11 +159,41 @@ def _page(
             logger.warning("%s; asking for pages of %d", error, smaller)
             params = {**params, "limit": smaller}
             continue
-        if not isinstance(body, dict) or not isinstance(body.get("results"), list):
-            raise PagingError(f"GET {path}: the response has no `results` list")
+        if not isinstance(body, Undecoded):
+            _check(path, body)
         if limits is not None and "limit" in params:
             limits.answered(int(params["limit"]))
         return params, body
+
+
+def _check(path: str, body: Any) -> None:
+    if not isinstance(body, dict) or not isinstance(body.get("results"), list):
+        raise PagingError(f"GET {path}: the response has no `results` list")
+
+
+def _decoded(get: Get, path: str, params: dict[str, Any], body: Undecoded, decode: Decode | None) -> Any:
+    """An undecoded page's body: by `decode`, else as JSON; a broken one is asked for again by `get`,
+    whose retries cover broken bodies."""
+    decoded = decode(body.content) if decode is not None else None
+    if decoded is None:
+        try:
+            decoded = orjson.loads(body.content)
+        except orjson.JSONDecodeError:
+            decoded = get(path, params, decode=decode)
+    _check(path, decoded)
+    return decoded
+
+
+def _cursor_ahead(paging: str, params: dict[str, Any], body: Any) -> dict[str, Any] | None:
+    """The params of the keyset page after an undecoded one, as the end of its body names them (a guess
+    its decoded body confirms), or None."""
+    if paging != "has_next" or not isinstance(body, Undecoded):
+        return None
+    tail = body.content[-_TAIL:]
+    cursors = _CURSOR.findall(tail)
+    if not cursors or not _MORE.search(tail):
+        return None
+    return {**{k: v for k, v in params.items() if k != "offset"}, "after": cursors[-1].decode()}
 
 
 def _following(
