@@ -98,6 +98,36 @@ def test_a_decoded_page_is_the_dict_paths_table_or_goes_the_dict_path(rows: list
     assert _parsed(table) == _parsed(expected)
 
 
+def _kept(sent: Any, loaded: Any, ctype: str) -> bool:
+    """Whether a loaded value is the value sent, type included (Python holds 1.0 == 1 == True)."""
+    if sent is None or loaded is None:
+        return sent is loaded
+    if ctype in ("bigint", "double"):
+        return type(sent) in (int, float) and loaded == sent
+    return type(sent) is type(loaded) and loaded == sent
+
+
+_NUMBERS = sorted(n for n, t in COLUMNS.items() if t in ("bigint", "double"))
+# what Arrow converts into these columns with loss unless refused: fractions, booleans
+_near_numbers = st.floats(-1e6, 1e6) | st.integers(-5, 5).map(float) | st.booleans()
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(_rows(), min_size=1, max_size=6), data=st.data())
+def test_the_dict_path_loads_every_value_as_sent_or_refuses_the_page(rows: list[dict[str, Any]],
+                                                                     data: st.DataObject) -> None:
+    for row in rows:
+        if data.draw(st.booleans()):
+            row[data.draw(st.sampled_from(_NUMBERS))] = data.draw(_near_numbers)
+    table = _dict_path(rows)
+    if table is None:
+        return
+    plain = {n: t for n, t in COLUMNS.items() if t in ("text", "bigint", "double", "bool")}
+    for sent, loaded in zip(rows, table.to_pylist(), strict=True):
+        for name, ctype in plain.items():
+            assert _kept(sent.get(name), loaded[name], ctype), (name, sent.get(name), loaded[name])
+
+
 @settings(max_examples=100, deadline=None)
 @given(rows=st.lists(_rows(), min_size=2, max_size=6), data=st.data())
 def test_a_subset_of_a_decoded_page_keeps_its_own_rows(rows: list[dict[str, Any]], data: st.DataObject) -> None:
@@ -126,8 +156,13 @@ def test_contradictions_and_odd_pages_go_the_dict_path() -> None:
                 {"recording_duration": 2**60 + 1}):
         assert decode_page(json.dumps({"results": [{**good, **bad}]}).encode(), COLUMNS, FIELDS) is None, bad
         assert _dict_path([{**good, **bad}]) is None, bad  # and the dict path names it
-    # a fraction in an integer column is declined too (the dict path's Arrow conversion truncates it)
-    assert decode_page(orjson.dumps({"results": [{**good, "click_count": 1.5}]}), COLUMNS, FIELDS) is None
+    # what Arrow's conversion would change (1.5 into 1, true into 1.0) is refused on both paths
+    for lossy in ({"click_count": 1.5}, {"recording_duration": True}, {"recording_duration": False}):
+        assert decode_page(orjson.dumps({"results": [{**good, **lossy}]}), COLUMNS, FIELDS) is None, lossy
+        with pytest.raises(SchemaViolation, match=f"declared .* {next(iter(lossy.values()))!r}"):
+            to_arrow("session_recordings", [{**good, **lossy}], COLUMNS, drift=Drift())
+    # an integral float is an integer without loss
+    assert to_arrow("t", [{"n": 2.0}], {"n": "bigint"}, drift=Drift()).column("n").to_pylist() == [2]
     for odd in (b"[]", b"{}", b'{"results": []}', b'{"results": [1]}', b'{"results": {}}', b"{", b""):
         assert decode_page(odd, COLUMNS, FIELDS) is None, odd
 

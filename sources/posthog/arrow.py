@@ -82,7 +82,22 @@ def _timestamps(strings: pa.Array) -> pa.Array:
         return pc.if_else(zoned, strings, pc.binary_join_element_wise(strings, "Z", "")).cast(ARROW_TYPES["timestamp"])
 
 
+def _lossless(values: list[Any], ctype: ColumnType) -> None:
+    """Raise on a value Arrow would convert with loss: it truncates 1.5 into bigint, makes true 1.0."""
+    types = set(map(type, values))
+    if ctype == "bigint" and float in types:
+        if not all(v.is_integer() for v in values if type(v) is float):
+            raise TypeError("a fraction in an integer column")
+    elif ctype == "double" and bool in types:
+        raise TypeError("a boolean in a number column")
+
+
+_CHECKED = ("bigint", "double")  # the types Arrow converts some other Python values into with loss
+
+
 def _convert(values: list[Any], ctype: ColumnType) -> pa.Array:
+    if ctype in _CHECKED:
+        _lossless(values, ctype)
     if ctype == "json":
         return pa.array([_json(v) for v in values], pa.string())
     if ctype == "timestamp":
@@ -102,6 +117,9 @@ def _fast_arrays(rows: list[dict[str, Any]], columns: Mapping[str, ColumnType]) 
     Arrow converts a struct's fields with the same converters as single columns, so the result is the
     column-by-column result; on any error the caller redoes the page column by column to name the value.
     """
+    for name, ctype in columns.items():
+        if ctype in _CHECKED:
+            _lossless([r.get(name) for r in rows], ctype)
     row_type = _row_type(tuple(columns.items()))
     fields = dict(zip(row_type.names, pa.array(rows, row_type).flatten(), strict=True)) if row_type.num_fields else {}
     dumps = orjson.dumps
