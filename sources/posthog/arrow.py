@@ -82,13 +82,16 @@ def _timestamps(strings: pa.Array) -> pa.Array:
         return pc.if_else(zoned, strings, pc.binary_join_element_wise(strings, "Z", "")).cast(ARROW_TYPES["timestamp"])
 
 
+def _lossy(types: set[type], ctype: ColumnType) -> bool:
+    """Whether values of these types may change on conversion: Arrow truncates 1.5 into bigint, makes true 1.0."""
+    return (ctype == "bigint" and float in types) or (ctype == "double" and bool in types)
+
+
 def _lossless(values: list[Any], ctype: ColumnType) -> None:
-    """Raise on a value Arrow would convert with loss: it truncates 1.5 into bigint, makes true 1.0."""
-    types = set(map(type, values))
-    if ctype == "bigint" and float in types:
-        if not all(v.is_integer() for v in values if type(v) is float):
-            raise TypeError("a fraction in an integer column")
-    elif ctype == "double" and bool in types:
+    """Raise on a value Arrow would convert with loss (an integral float is a whole number without loss)."""
+    if ctype == "bigint" and any(type(v) is float and not v.is_integer() for v in values):
+        raise TypeError("a fraction in an integer column")
+    if ctype == "double" and any(type(v) is bool for v in values):
         raise TypeError("a boolean in a number column")
 
 
@@ -118,8 +121,8 @@ def _fast_arrays(rows: list[dict[str, Any]], columns: Mapping[str, ColumnType]) 
     column-by-column result; on any error the caller redoes the page column by column to name the value.
     """
     for name, ctype in columns.items():
-        if ctype in _CHECKED:
-            _lossless([r.get(name) for r in rows], ctype)
+        if ctype in _CHECKED and _lossy({type(r.get(name)) for r in rows}, ctype):
+            raise TypeError(f"{name}: a value Arrow converts with loss")  # the column path decides
     row_type = _row_type(tuple(columns.items()))
     fields = dict(zip(row_type.names, pa.array(rows, row_type).flatten(), strict=True)) if row_type.num_fields else {}
     dumps = orjson.dumps
