@@ -82,25 +82,19 @@ def _timestamps(strings: pa.Array) -> pa.Array:
         return pc.if_else(zoned, strings, pc.binary_join_element_wise(strings, "Z", "")).cast(ARROW_TYPES["timestamp"])
 
 
-def _lossy(types: set[type], ctype: ColumnType) -> bool:
-    """Whether values of these types may change on conversion: Arrow truncates 1.5 into bigint, makes true 1.0."""
-    return (ctype == "bigint" and float in types) or (ctype == "double" and bool in types)
+# per column type, the Python type Arrow converts into it with loss: it truncates 1.5 into 1, makes true 1.0
+_LOSSY: dict[str, type] = {"bigint": float, "double": bool}
 
 
 def _lossless(values: list[Any], ctype: ColumnType) -> None:
     """Raise on a value Arrow would convert with loss (an integral float is a whole number without loss)."""
-    if ctype == "bigint" and any(type(v) is float and not v.is_integer() for v in values):
-        raise TypeError("a fraction in an integer column")
-    if ctype == "double" and any(type(v) is bool for v in values):
-        raise TypeError("a boolean in a number column")
-
-
-_CHECKED = ("bigint", "double")  # the types Arrow converts some other Python values into with loss
+    lossy = _LOSSY.get(ctype)
+    if lossy is not None and any(type(v) is lossy and not (lossy is float and v.is_integer()) for v in values):
+        raise TypeError(f"a {lossy.__name__} Arrow converts into {ctype} with loss")
 
 
 def _convert(values: list[Any], ctype: ColumnType) -> pa.Array:
-    if ctype in _CHECKED:
-        _lossless(values, ctype)
+    _lossless(values, ctype)
     if ctype == "json":
         return pa.array([_json(v) for v in values], pa.string())
     if ctype == "timestamp":
@@ -121,8 +115,8 @@ def _fast_arrays(rows: list[dict[str, Any]], columns: Mapping[str, ColumnType]) 
     column-by-column result; on any error the caller redoes the page column by column to name the value.
     """
     for name, ctype in columns.items():
-        if ctype in _CHECKED and _lossy({type(r.get(name)) for r in rows}, ctype):
-            raise TypeError(f"{name}: a value Arrow converts with loss")  # the column path decides
+        if (lossy := _LOSSY.get(ctype)) and lossy in {type(r.get(name)) for r in rows}:
+            raise TypeError(f"{name}: a {lossy.__name__} Arrow may convert with loss")  # the column path decides
     row_type = _row_type(tuple(columns.items()))
     fields = dict(zip(row_type.names, pa.array(rows, row_type).flatten(), strict=True)) if row_type.num_fields else {}
     dumps = orjson.dumps
