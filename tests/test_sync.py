@@ -279,21 +279,23 @@ def test_new_fields_are_reported_not_loaded_unless_evolving(fake: FakePostHog, o
         ('{"model":"gpt"}',)]
 
 
+# a string Arrow refuses; a fraction Arrow would truncate into the integer column
+@pytest.mark.parametrize(("value", "sent"), [("every other week", "str"), (1.5, "float 1.5")])
 def test_a_type_contradiction_fails_that_table_only_and_loads_nothing_of_it(
-    fake: FakePostHog, options: SyncOptions
+    fake: FakePostHog, options: SyncOptions, value: object, sent: str
 ) -> None:
     options.resources = ["subscriptions", "property_definitions"]
     sync(options)
     before = landed_rows(options, "subscriptions")
     fake.soft_delete_subscription(1, next(s["id"] for s in fake.truth(1, "subscriptions") if not s["deleted"]))
-    fake.set_field("subscriptions", "interval", "every other week")
+    fake.set_field("subscriptions", "interval", value)
     fake.remove_property_definition(2, "event", fake.truth(2, "property_definitions")[0]["name"])
 
     result = run_sync(options)
 
     assert not result.ok
     message = result.failures["subscriptions"]
-    assert "subscriptions.interval" in message and "bigint" in message and "str" in message
+    assert "subscriptions.interval" in message and "bigint" in message and sent in message
     assert landed_rows(options, "subscriptions") == before  # the soft delete did not half-land
     assert landed_rows(options, "property_definitions") == truth_rows(fake, "property_definitions")
 
